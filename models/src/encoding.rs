@@ -1,0 +1,332 @@
+//! Pair encoding: (query, passage) → token ids with the spans the model needs.
+//!
+//! - `bert`: `[CLS] query [SEP] passage [SEP]`, token types 0 then 1; score at 0.
+//! - decoders: the Matryoshka paper's template `<bos>A: {query}\nB: {passage}\n{prompt}`,
+//!   each piece tokenized without special tokens; score at the last token.
+//!
+//! Truncation keeps the total within `max_length`: the query is capped at 3/4 of the
+//! room left by the template, and the passage takes what remains (so it is cut first).
+//! The passage span is what width merging may compress; for decoders it is the
+//! `B: {passage}` piece, as in the paper's code.
+
+use tokenizers::Tokenizer;
+
+use crate::checkpoint::Checkpoint;
+use crate::error::{ModelsError, Result};
+use crate::families::{Family, ModelConfig};
+use crate::flops::{PairLengths, REFERENCE_PASSAGE_TOKENS, REFERENCE_QUERY_TOKENS};
+
+/// The paper's default relevance prompt for decoder re-rankers.
+pub const DEFAULT_PROMPT: &str = "Predict whether passage B contains an answer to query A.";
+
+/// A half-open token range `[start, start + len)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Span {
+    pub start: usize,
+    pub len: usize,
+}
+
+impl Span {
+    pub fn end(&self) -> usize {
+        self.start + self.len
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EncodedPair {
+    pub input_ids: Vec<u32>,
+    /// BERT segment ids (0 query side, 1 passage side); all zero for decoders.
+    pub token_type_ids: Vec<u32>,
+    pub query: Span,
+    pub passage: Span,
+    /// The instruction after the passage (decoders only).
+    pub prompt: Option<Span>,
+    /// Where the score is read: 0 for BERT, the last token for decoders.
+    pub score_pos: usize,
+    /// Whether the query or passage lost tokens to `max_length`.
+    pub truncated: bool,
+}
+
+impl EncodedPair {
+    pub fn len(&self) -> usize {
+        self.input_ids.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.input_ids.is_empty()
+    }
+    pub fn lengths(&self) -> PairLengths {
+        PairLengths {
+            prefix: self.passage.start,
+            passage: self.passage.len,
+            suffix: self.len() - self.passage.end(),
+        }
+    }
+}
+
+enum Template {
+    Bert {
+        cls: u32,
+        sep: u32,
+    },
+    Decoder {
+        bos: Option<u32>,
+        newline: Vec<u32>,
+        prompt: Vec<u32>,
+    },
+}
+
+/// Turns (query, passage) pairs into model input for one checkpoint.
+pub struct PairEncoder {
+    tokenizer: Tokenizer,
+    template: Template,
+    family: Family,
+    pub max_length: usize,
+    pub pad_id: u32,
+}
+
+impl PairEncoder {
+    /// An encoder for `checkpoint` with `max_length` tokens per pair (prompt included).
+    pub fn new(checkpoint: &Checkpoint, max_length: usize) -> Result<Self> {
+        Self::from_parts(
+            checkpoint.tokenizer.clone(),
+            &checkpoint.config,
+            max_length,
+            DEFAULT_PROMPT,
+        )
+    }
+
+    pub fn from_parts(
+        tokenizer: Tokenizer,
+        config: &ModelConfig,
+        max_length: usize,
+        prompt: &str,
+    ) -> Result<Self> {
+        let encode = |text: &str| -> Result<Vec<u32>> {
+            tokenizer
+                .encode(text, false)
+                .map(|e| e.get_ids().to_vec())
+                .map_err(|e| ModelsError::Encoding(e.to_string()))
+        };
+        let (template, pad_id) = match config {
+            ModelConfig::Bert(c) => {
+                let id = |t: &str| {
+                    tokenizer
+                        .token_to_id(t)
+                        .ok_or_else(|| ModelsError::Encoding(format!("tokenizer has no {t} token")))
+                };
+                (
+                    Template::Bert {
+                        cls: id("[CLS]")?,
+                        sep: id("[SEP]")?,
+                    },
+                    c.pad_token_id.unwrap_or(0),
+                )
+            }
+            ModelConfig::Llama(c) => (
+                Template::Decoder {
+                    bos: c.bos_token_id,
+                    newline: encode("\n")?,
+                    prompt: encode(prompt)?,
+                },
+                c.pad_token_id.unwrap_or(0),
+            ),
+            ModelConfig::Gemma2(c) => (
+                Template::Decoder {
+                    bos: c.bos_token_id,
+                    newline: encode("\n")?,
+                    prompt: encode(prompt)?,
+                },
+                c.pad_token_id.unwrap_or(0),
+            ),
+        };
+        let encoder = PairEncoder {
+            tokenizer,
+            template,
+            family: config.family(),
+            max_length,
+            pad_id,
+        };
+        if encoder.template_tokens() + 2 > max_length {
+            return Err(ModelsError::Encoding(format!(
+                "max_length {max_length} leaves no room for query and passage after the {} template tokens",
+                encoder.template_tokens()
+            )));
+        }
+        Ok(encoder)
+    }
+
+    pub fn family(&self) -> Family {
+        self.family
+    }
+
+    pub fn tokenizer(&self) -> &Tokenizer {
+        &self.tokenizer
+    }
+
+    /// Tokens the template adds around query and passage.
+    pub fn template_tokens(&self) -> usize {
+        match &self.template {
+            Template::Bert { .. } => 3,
+            Template::Decoder {
+                bos,
+                newline,
+                prompt,
+            } => bos.is_some() as usize + 2 * newline.len() + prompt.len(),
+        }
+    }
+
+    fn tokens(&self, text: &str) -> Result<Vec<u32>> {
+        self.tokenizer
+            .encode(text, false)
+            .map(|e| e.get_ids().to_vec())
+            .map_err(|e| ModelsError::Encoding(e.to_string()))
+    }
+
+    /// Encodes one pair; `max_passage_tokens` optionally caps the passage further
+    /// (the API's `max_tokens_per_doc`).
+    pub fn encode(
+        &self,
+        query: &str,
+        passage: &str,
+        max_passage_tokens: Option<usize>,
+    ) -> Result<EncodedPair> {
+        let (mut q, mut p) = match &self.template {
+            Template::Bert { .. } => (self.tokens(query)?, self.tokens(passage)?),
+            Template::Decoder { .. } => (
+                self.tokens(&format!("A: {query}"))?,
+                self.tokens(&format!("B: {passage}"))?,
+            ),
+        };
+        let budget = self.max_length - self.template_tokens();
+        let query_cap = budget * 3 / 4;
+        let mut truncated = false;
+        if q.len() > query_cap {
+            q.truncate(query_cap);
+            truncated = true;
+        }
+        let passage_cap = (budget - q.len()).min(max_passage_tokens.unwrap_or(usize::MAX));
+        if p.len() > passage_cap {
+            p.truncate(passage_cap);
+            truncated = true;
+        }
+        let mut ids = Vec::with_capacity(q.len() + p.len() + self.template_tokens());
+        let mut types = Vec::with_capacity(ids.capacity());
+        let (query_span, passage_span, prompt_span) = match &self.template {
+            Template::Bert { cls, sep } => {
+                ids.push(*cls);
+                let query_span = Span {
+                    start: 1,
+                    len: q.len(),
+                };
+                ids.extend_from_slice(&q);
+                ids.push(*sep);
+                types.resize(ids.len(), 0);
+                let passage_span = Span {
+                    start: ids.len(),
+                    len: p.len(),
+                };
+                ids.extend_from_slice(&p);
+                ids.push(*sep);
+                types.resize(ids.len(), 1);
+                (query_span, passage_span, None)
+            }
+            Template::Decoder {
+                bos,
+                newline,
+                prompt,
+            } => {
+                ids.extend(bos.iter().copied());
+                let query_span = Span {
+                    start: ids.len(),
+                    len: q.len(),
+                };
+                ids.extend_from_slice(&q);
+                ids.extend_from_slice(newline);
+                let passage_span = Span {
+                    start: ids.len(),
+                    len: p.len(),
+                };
+                ids.extend_from_slice(&p);
+                ids.extend_from_slice(newline);
+                let prompt_span = Span {
+                    start: ids.len(),
+                    len: prompt.len(),
+                };
+                ids.extend_from_slice(prompt);
+                types.resize(ids.len(), 0);
+                (query_span, passage_span, Some(prompt_span))
+            }
+        };
+        let score_pos = if self.family.is_decoder() {
+            ids.len() - 1
+        } else {
+            0
+        };
+        Ok(EncodedPair {
+            input_ids: ids,
+            token_type_ids: types,
+            query: query_span,
+            passage: passage_span,
+            prompt: prompt_span,
+            score_pos,
+            truncated,
+        })
+    }
+
+    /// Token counts at the reference lengths (query 32, passage 128) for FLOP reports.
+    pub fn reference_lengths(&self) -> PairLengths {
+        let template_before = match &self.template {
+            Template::Bert { .. } => 2,
+            Template::Decoder { bos, newline, .. } => bos.is_some() as usize + newline.len(),
+        };
+        PairLengths {
+            prefix: template_before + REFERENCE_QUERY_TOKENS,
+            passage: REFERENCE_PASSAGE_TOKENS,
+            suffix: self.template_tokens() - template_before,
+        }
+    }
+}
+
+/// A right-padded batch of encoded pairs, row-major `[batch, seq_len]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PaddedBatch {
+    pub batch_size: usize,
+    pub seq_len: usize,
+    pub input_ids: Vec<u32>,
+    pub token_type_ids: Vec<u32>,
+    /// Real length of each row (the mask is `position < lengths[row]`).
+    pub lengths: Vec<usize>,
+    pub passage: Vec<Span>,
+    pub score_pos: Vec<usize>,
+}
+
+impl PaddedBatch {
+    pub fn new(pairs: &[EncodedPair], pad_id: u32) -> Self {
+        let seq_len = pairs.iter().map(|p| p.len()).max().unwrap_or(0);
+        let mut input_ids = vec![pad_id; pairs.len() * seq_len];
+        let mut token_type_ids = vec![0; pairs.len() * seq_len];
+        for (row, pair) in pairs.iter().enumerate() {
+            input_ids[row * seq_len..row * seq_len + pair.len()].copy_from_slice(&pair.input_ids);
+            token_type_ids[row * seq_len..row * seq_len + pair.len()]
+                .copy_from_slice(&pair.token_type_ids);
+        }
+        PaddedBatch {
+            batch_size: pairs.len(),
+            seq_len,
+            input_ids,
+            token_type_ids,
+            lengths: pairs.iter().map(|p| p.len()).collect(),
+            passage: pairs.iter().map(|p| p.passage).collect(),
+            score_pos: pairs.iter().map(|p| p.score_pos).collect(),
+        }
+    }
+
+    /// The 0/1 attention mask, row-major.
+    pub fn attention_mask(&self) -> Vec<u32> {
+        let mut mask = vec![0; self.batch_size * self.seq_len];
+        for (row, &len) in self.lengths.iter().enumerate() {
+            mask[row * self.seq_len..row * self.seq_len + len].fill(1);
+        }
+        mask
+    }
+}

@@ -1,0 +1,17 @@
+//! The shared vocabulary of mrank: checkpoint loading, model families, pair encoding,
+//! sub-structures and their id syntax, and FLOP estimates. Nothing here knows about
+//! HTTP, queues or training.
+
+pub mod checkpoint;
+pub mod encoding;
+pub mod error;
+pub mod families;
+pub mod flops;
+pub mod substructure;
+
+pub use checkpoint::{Checkpoint, TensorF32};
+pub use encoding::{EncodedPair, PaddedBatch, PairEncoder, Span};
+pub use error::{ModelsError, Result};
+pub use families::{Dimensions, Family, ModelConfig};
+pub use flops::{pair_flops, PairLengths};
+pub use substructure::{SubStructure, SubStructureSpace};

@@ -1,0 +1,121 @@
+//! Pair encoding: layout, spans, scoring position and truncation, per family.
+
+use std::path::{Path, PathBuf};
+
+use models::{Checkpoint, PaddedBatch, PairEncoder};
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../fixtures")
+        .join(name)
+}
+
+fn minilm() -> Checkpoint {
+    let dir = std::env::var_os("MRANK_BASE_MODEL")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../.cache/all-minilm-l6-v2")
+        });
+    Checkpoint::open(&dir).unwrap_or_else(|e| panic!("{e}: run scripts/setup.sh"))
+}
+
+#[test]
+fn bert_layout_and_spans() {
+    let ck = minilm();
+    let enc = PairEncoder::new(&ck, 512).unwrap();
+    let pair = enc
+        .encode("what is a flea", "fleas are small insects", None)
+        .unwrap();
+    let cls = ck.tokenizer.token_to_id("[CLS]").unwrap();
+    let sep = ck.tokenizer.token_to_id("[SEP]").unwrap();
+    assert_eq!(pair.input_ids[0], cls);
+    assert_eq!(pair.input_ids[pair.query.end()], sep);
+    assert_eq!(*pair.input_ids.last().unwrap(), sep);
+    assert_eq!(pair.passage.start, pair.query.end() + 1);
+    assert_eq!(pair.passage.end(), pair.len() - 1);
+    assert_eq!(pair.score_pos, 0);
+    assert!(!pair.truncated);
+    // Token types: 0 through the first [SEP], 1 after.
+    assert!(pair.token_type_ids[..pair.passage.start]
+        .iter()
+        .all(|&t| t == 0));
+    assert!(pair.token_type_ids[pair.passage.start..]
+        .iter()
+        .all(|&t| t == 1));
+    // Same ids as the tokenizer's own pair encoding.
+    let reference = ck
+        .tokenizer
+        .encode(("what is a flea", "fleas are small insects"), true)
+        .unwrap();
+    assert_eq!(pair.input_ids, reference.get_ids());
+    assert_eq!(pair.token_type_ids, reference.get_type_ids());
+}
+
+#[test]
+fn truncation_cuts_the_passage_first_and_caps_the_query() {
+    let ck = minilm();
+    let enc = PairEncoder::new(&ck, 64).unwrap();
+    let long = "word ".repeat(200);
+    // Short query, long passage: the passage fills what is left.
+    let p = enc.encode("short query", &long, None).unwrap();
+    assert_eq!(p.len(), 64);
+    assert_eq!(p.query.len, 2);
+    assert!(p.truncated);
+    // Long query: capped at 3/4 of the 61 tokens left by the template.
+    let q = enc.encode(&long, &long, None).unwrap();
+    assert_eq!(q.query.len, 61 * 3 / 4);
+    assert_eq!(q.len(), 64);
+    // max_tokens_per_doc caps the passage further.
+    let capped = enc.encode("short query", &long, Some(10)).unwrap();
+    assert_eq!(capped.passage.len, 10);
+}
+
+#[test]
+fn decoder_template_spans_and_scoring_position() {
+    for family in ["tiny-llama", "tiny-mistral", "tiny-qwen2", "tiny-gemma2"] {
+        let ck = Checkpoint::open(fixture(family)).unwrap();
+        let enc = PairEncoder::new(&ck, 64).unwrap();
+        let pair = enc
+            .encode("what is a flea", "a flea is an insect", None)
+            .unwrap();
+        let prompt = pair.prompt.expect("decoders have a prompt span");
+        assert_eq!(pair.score_pos, pair.len() - 1, "{family}");
+        assert_eq!(prompt.end(), pair.len(), "{family}");
+        assert!(
+            pair.query.end() <= pair.passage.start && pair.passage.end() <= prompt.start,
+            "{family}"
+        );
+        assert!(prompt.len > 0 && pair.passage.len > 0, "{family}");
+        let bos = match &ck.config {
+            models::ModelConfig::Llama(c) => c.bos_token_id,
+            models::ModelConfig::Gemma2(c) => c.bos_token_id,
+            _ => unreachable!(),
+        };
+        if let Some(bos) = bos {
+            assert_eq!(pair.input_ids[0], bos, "{family}");
+        }
+    }
+}
+
+#[test]
+fn padded_batch_masks_and_spans() {
+    let ck = minilm();
+    let enc = PairEncoder::new(&ck, 128).unwrap();
+    let a = enc.encode("q", "a short passage", None).unwrap();
+    let b = enc
+        .encode(
+            "a longer query here",
+            "a rather longer passage with more words in it",
+            None,
+        )
+        .unwrap();
+    let batch = PaddedBatch::new(&[a.clone(), b.clone()], enc.pad_id);
+    assert_eq!(batch.seq_len, b.len());
+    assert_eq!(batch.lengths, vec![a.len(), b.len()]);
+    let mask = batch.attention_mask();
+    assert_eq!(mask[..batch.seq_len].iter().sum::<u32>() as usize, a.len());
+    assert_eq!(&batch.input_ids[..a.len()], a.input_ids.as_slice());
+    assert!(batch.input_ids[a.len()..batch.seq_len]
+        .iter()
+        .all(|&t| t == enc.pad_id));
+}

@@ -1,0 +1,164 @@
+//! Building blocks shared by the families: norms, rotary positions, masked attention.
+//! All written with differentiable candle primitives (candle's fused CPU softmax and
+//! norms have no backward pass, and the trainer needs gradients through every layer).
+
+use candle_core::{DType, Device, Tensor, D};
+
+use crate::error::Result;
+
+/// LayerNorm over the last dimension (BERT).
+pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<Tensor> {
+    let mean = x.mean_keepdim(D::Minus1)?;
+    let centered = x.broadcast_sub(&mean)?;
+    let var = centered.sqr()?.mean_keepdim(D::Minus1)?;
+    let normed = centered.broadcast_div(&(var + eps)?.sqrt()?)?;
+    Ok(normed.broadcast_mul(weight)?.broadcast_add(bias)?)
+}
+
+/// RMSNorm over the last dimension: `x / rms(x) * scale`, where `scale` is the weight
+/// (Llama) or `1 + weight` (Gemma; the caller passes the shifted tensor).
+pub fn rms_norm(x: &Tensor, scale: &Tensor, eps: f64) -> Result<Tensor> {
+    let ms = x.sqr()?.mean_keepdim(D::Minus1)?;
+    let normed = x.broadcast_div(&(ms + eps)?.sqrt()?)?;
+    Ok(normed.broadcast_mul(scale)?)
+}
+
+pub fn softmax_last(x: &Tensor) -> Result<Tensor> {
+    Ok(candle_nn::ops::softmax(x, D::Minus1)?)
+}
+
+/// Masked value used instead of -inf so that fully masked rows (padding queries under
+/// a sliding window) stay finite: NaN in a pad row would leak into real rows through
+/// `0 * NaN` in the attention-weighted sum.
+pub const MASKED: f32 = f32::MIN;
+
+/// Additive padding mask `[B, 1, 1, T]`: 0 for real keys, `MASKED` for padding.
+pub fn padding_mask(lengths: &[usize], seq_len: usize, device: &Device) -> Result<Tensor> {
+    let mut data = vec![0f32; lengths.len() * seq_len];
+    for (row, &len) in lengths.iter().enumerate() {
+        data[row * seq_len + len.min(seq_len)..(row + 1) * seq_len].fill(MASKED);
+    }
+    Ok(Tensor::from_vec(
+        data,
+        (lengths.len(), 1, 1, seq_len),
+        device,
+    )?)
+}
+
+/// Additive causal mask `[B, 1, T, T]` with padding, and optionally a sliding window
+/// (key `j` is hidden from query `i` when `j <= i - window`, as transformers does).
+pub fn causal_mask(
+    lengths: &[usize],
+    seq_len: usize,
+    window: Option<usize>,
+    device: &Device,
+) -> Result<Tensor> {
+    let t = seq_len;
+    let mut data = vec![0f32; lengths.len() * t * t];
+    for (row, &len) in lengths.iter().enumerate() {
+        for i in 0..t {
+            for j in 0..t {
+                let hidden = j > i || j >= len || window.is_some_and(|w| i >= w && j <= i - w);
+                if hidden {
+                    data[(row * t + i) * t + j] = MASKED;
+                }
+            }
+        }
+    }
+    Ok(Tensor::from_vec(data, (lengths.len(), 1, t, t), device)?)
+}
+
+/// `[B, T, H*D]` → `[B, H, T, D]`.
+pub fn split_heads(x: &Tensor, heads: usize, head_dim: usize) -> Result<Tensor> {
+    let (b, t, _) = x.dims3()?;
+    Ok(x.reshape((b, t, heads, head_dim))?
+        .transpose(1, 2)?
+        .contiguous()?)
+}
+
+/// `[B, H, T, D]` → `[B, T, H*D]`.
+pub fn merge_heads(x: &Tensor) -> Result<Tensor> {
+    let (b, h, t, d) = x.dims4()?;
+    Ok(x.transpose(1, 2)?.contiguous()?.reshape((b, t, h * d))?)
+}
+
+/// Grouped-query attention: repeat each key/value head `n_rep` times.
+pub fn repeat_kv(x: &Tensor, n_rep: usize) -> Result<Tensor> {
+    if n_rep == 1 {
+        return Ok(x.clone());
+    }
+    let (b, kv, t, d) = x.dims4()?;
+    Ok(x.unsqueeze(2)?
+        .broadcast_as((b, kv, n_rep, t, d))?
+        .contiguous()?
+        .reshape((b, kv * n_rep, t, d))?)
+}
+
+/// Attention probabilities of each row's scoring position, summed over heads: the merge
+/// weights of the next compress layer. `probs`: `[B, H, T, T]` → `[B, T]`.
+pub fn scoring_attention(probs: &Tensor, score_pos: &[usize]) -> Result<Tensor> {
+    let summed = probs.sum(1)?; // [B, T, T]
+    let rows = score_pos
+        .iter()
+        .enumerate()
+        .map(|(b, &p)| summed.get(b)?.get(p))
+        .collect::<candle_core::Result<Vec<_>>>()?;
+    Ok(Tensor::stack(&rows, 0)?)
+}
+
+/// Rotary embedding tables `cos, sin: [T, D]` (halves duplicated, the `rotate_half`
+/// convention of transformers) for positions `0..seq_len`.
+pub fn rope_tables(inv_freq: &[f32], seq_len: usize, device: &Device) -> Result<(Tensor, Tensor)> {
+    let half = inv_freq.len();
+    let mut cos = vec![0f32; seq_len * 2 * half];
+    let mut sin = vec![0f32; seq_len * 2 * half];
+    for pos in 0..seq_len {
+        for (i, &f) in inv_freq.iter().enumerate() {
+            // f32 product like transformers (positions and inv_freq in f32).
+            let angle = pos as f32 * f;
+            let (s, c) = angle.sin_cos();
+            for k in [i, i + half] {
+                cos[pos * 2 * half + k] = c;
+                sin[pos * 2 * half + k] = s;
+            }
+        }
+    }
+    Ok((
+        Tensor::from_vec(cos, (seq_len, 2 * half), device)?,
+        Tensor::from_vec(sin, (seq_len, 2 * half), device)?,
+    ))
+}
+
+/// Applies rotary positions to `[B, H, T, D]`.
+pub fn apply_rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    let d = x.dim(D::Minus1)?;
+    let x1 = x.narrow(D::Minus1, 0, d / 2)?;
+    let x2 = x.narrow(D::Minus1, d / 2, d / 2)?;
+    let rotated = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?;
+    Ok((x.broadcast_mul(cos)? + rotated.broadcast_mul(sin)?)?)
+}
+
+/// `[B]` one-hot selection of a position per row from `[B, T, H]` → `[B, H]`.
+pub fn gather_rows(hidden: &Tensor, positions: &[usize]) -> Result<Tensor> {
+    let rows = positions
+        .iter()
+        .enumerate()
+        .map(|(b, &p)| hidden.get(b)?.get(p))
+        .collect::<candle_core::Result<Vec<_>>>()?;
+    Ok(Tensor::stack(&rows, 0)?)
+}
+
+/// Mean over the first `lengths[b]` positions of each row: `[B, T, H]` → `[B, H]`.
+pub fn masked_mean(hidden: &Tensor, lengths: &[usize]) -> Result<Tensor> {
+    let (b, t, _) = hidden.dims3()?;
+    let mut w = vec![0f32; b * t];
+    for (row, &len) in lengths.iter().enumerate() {
+        w[row * t..row * t + len].fill(1.0 / len.max(1) as f32);
+    }
+    let w = Tensor::from_vec(w, (b, 1, t), hidden.device())?;
+    Ok(w.matmul(hidden)?.squeeze(1)?)
+}
+
+pub fn to_f32(t: &Tensor) -> Result<Tensor> {
+    Ok(t.to_dtype(DType::F32)?)
+}

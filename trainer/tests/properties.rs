@@ -1,0 +1,263 @@
+//! Width-merge reference cases and the properties every sub-structure must keep.
+
+mod common;
+
+use candle_core::{Device, Tensor};
+use common::{fixture, ints, load, rel_err_real, tiny};
+use models::{Span, SubStructure};
+use rand::{Rng, SeedableRng};
+use trainer::merge::{apply_merge, plan_merge};
+use trainer::{forward, load_backbone, MergeMode, ModelInput, RowLayout};
+
+/// The merge function against the fixture script's reference implementation.
+#[test]
+fn merge_matches_reference_cases() {
+    let cases = load(&fixture("merge_cases.safetensors"));
+    let mut count = 0;
+    for i in 0.. {
+        let key = |k: &str| format!("case{i}.{k}");
+        let Some(hidden) = cases.get(&key("hidden")) else {
+            break;
+        };
+        let (b, t, _) = hidden.dims3().unwrap();
+        let mask = cases[&key("mask")]
+            .to_dtype(candle_core::DType::I64)
+            .unwrap()
+            .to_vec2::<i64>()
+            .unwrap();
+        let starts = ints(&cases[&key("passage_start")]);
+        let lens = ints(&cases[&key("passage_len")]);
+        let ratio = ints(&cases[&key("ratio")])[0];
+        let layout = RowLayout {
+            seq_len: t,
+            lengths: mask
+                .iter()
+                .map(|r| r.iter().sum::<i64>() as usize)
+                .collect(),
+            passage: starts
+                .iter()
+                .zip(&lens)
+                .map(|(&start, &len)| Span { start, len })
+                .collect(),
+            score_pos: vec![0; b],
+        };
+        let weights: Vec<f32> = cases[&key("weights")]
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let plan = plan_merge(&layout, &weights, ratio, MergeMode::Attention);
+        let merged = apply_merge(&plan, hidden, &Device::Cpu).unwrap();
+        let out_mask = cases[&key("out_mask")]
+            .to_dtype(candle_core::DType::I64)
+            .unwrap()
+            .to_vec2::<i64>()
+            .unwrap();
+        let out_lengths: Vec<usize> = out_mask
+            .iter()
+            .map(|r| r.iter().sum::<i64>() as usize)
+            .collect();
+        assert_eq!(plan.layout.lengths, out_lengths, "case {i}: lengths");
+        let out_passage: Vec<usize> = plan.layout.passage.iter().map(|s| s.len).collect();
+        assert_eq!(
+            out_passage,
+            ints(&cases[&key("out_passage_len")]),
+            "case {i}: passage lengths"
+        );
+        let err = rel_err_real(&merged, &cases[&key("out_hidden")], &out_lengths);
+        assert!(
+            err <= 1e-6,
+            "case {i} (ratio {ratio}): merged states differ: {err:e}"
+        );
+        count += 1;
+    }
+    assert!(count >= 4, "expected at least 4 merge cases, found {count}");
+}
+
+fn random_layout(rng: &mut rand::rngs::StdRng) -> (RowLayout, Tensor, Vec<f32>) {
+    let b = 3;
+    let lengths: Vec<usize> = (0..b).map(|_| rng.random_range(12..=24)).collect();
+    let t = *lengths.iter().max().unwrap();
+    let passage: Vec<Span> = lengths
+        .iter()
+        .map(|&len| {
+            let start = rng.random_range(2..5);
+            Span {
+                start,
+                len: len - start - rng.random_range(1..4),
+            }
+        })
+        .collect();
+    let hidden = Tensor::randn(0f32, 1.0, (b, t, 8), &Device::Cpu).unwrap();
+    let weights: Vec<f32> = (0..b * t).map(|_| rng.random_range(0.01..1.0)).collect();
+    let score_pos = lengths.iter().map(|&l| l - 1).collect();
+    (
+        RowLayout {
+            seq_len: t,
+            lengths,
+            passage,
+            score_pos,
+        },
+        hidden,
+        weights,
+    )
+}
+
+#[test]
+fn ratio_one_equals_no_merging() {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+    let (layout, hidden, weights) = random_layout(&mut rng);
+    let plan = plan_merge(&layout, &weights, 1, MergeMode::Attention);
+    let merged = apply_merge(&plan, &hidden, &Device::Cpu).unwrap();
+    assert_eq!(plan.layout, layout);
+    assert_eq!(rel_err_real(&merged, &hidden, &layout.lengths), 0.0);
+}
+
+#[test]
+fn a_group_of_identical_tokens_is_unchanged_by_merging() {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(2);
+    for ratio in [2, 4, 8] {
+        let (layout, hidden, weights) = random_layout(&mut rng);
+        // Make every passage group hold copies of its first token.
+        let mut data: Vec<Vec<Vec<f32>>> = hidden.to_vec3().unwrap();
+        for (b, span) in layout.passage.iter().enumerate() {
+            for start in (span.start..span.end()).step_by(ratio) {
+                for i in start..(start + ratio).min(span.end()) {
+                    data[b][i] = data[b][start].clone();
+                }
+            }
+        }
+        let hidden = Tensor::new(data.clone(), &Device::Cpu).unwrap();
+        let plan = plan_merge(&layout, &weights, ratio, MergeMode::Attention);
+        let merged: Vec<Vec<Vec<f32>>> = apply_merge(&plan, &hidden, &Device::Cpu)
+            .unwrap()
+            .to_vec3()
+            .unwrap();
+        for (b, span) in layout.passage.iter().enumerate() {
+            for (g, start) in (span.start..span.end()).step_by(ratio).enumerate() {
+                for (x, y) in merged[b][span.start + g].iter().zip(&data[b][start]) {
+                    assert!(
+                        (x - y).abs() <= 1e-6 * y.abs().max(1.0),
+                        "ratio {ratio} row {b} group {g}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn query_and_prompt_tokens_are_never_merged() {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+    for ratio in [2, 4, 8] {
+        let (layout, hidden, weights) = random_layout(&mut rng);
+        let plan = plan_merge(&layout, &weights, ratio, MergeMode::Attention);
+        let merged: Vec<Vec<Vec<f32>>> = apply_merge(&plan, &hidden, &Device::Cpu)
+            .unwrap()
+            .to_vec3()
+            .unwrap();
+        let original: Vec<Vec<Vec<f32>>> = hidden.to_vec3().unwrap();
+        for (b, span) in layout.passage.iter().enumerate() {
+            for i in 0..span.start {
+                assert_eq!(merged[b][i], original[b][i], "prefix token {i} of row {b}");
+            }
+            let removed = span.len - plan.layout.passage[b].len;
+            for i in span.end()..layout.lengths[b] {
+                assert_eq!(
+                    merged[b][i - removed],
+                    original[b][i],
+                    "suffix token {i} of row {b}"
+                );
+            }
+            assert_eq!(plan.layout.score_pos[b], layout.score_pos[b] - removed);
+        }
+    }
+}
+
+/// One row scores the same alone as padded inside a batch (≤ 1e-5), for every family,
+/// at full width and with merging.
+#[test]
+fn a_row_scores_the_same_alone_and_padded_in_a_batch() {
+    for name in [
+        "tiny-bert",
+        "tiny-llama",
+        "tiny-mistral",
+        "tiny-qwen2",
+        "tiny-gemma2",
+    ] {
+        let f = tiny(name);
+        let layers = f.checkpoint.config.dimensions().num_layers;
+        let backbone = load_backbone(&f.checkpoint, &Device::Cpu).unwrap();
+        let subs = [
+            SubStructure::full(layers),
+            SubStructure {
+                depth: layers,
+                ratio: 2,
+                compress_layers: vec![1],
+            },
+            SubStructure {
+                depth: layers,
+                ratio: 4,
+                compress_layers: vec![1],
+            },
+        ];
+        for sub in &subs {
+            let batch = forward(
+                backbone.as_ref(),
+                &f.heads,
+                &f.input,
+                sub,
+                MergeMode::Attention,
+                false,
+            )
+            .unwrap();
+            let layout = &f.input.layout;
+            for row in 0..layout.lengths.len() {
+                let len = layout.lengths[row];
+                let single = ModelInput {
+                    input_ids: f
+                        .input
+                        .input_ids
+                        .get(row)
+                        .unwrap()
+                        .narrow(0, 0, len)
+                        .unwrap()
+                        .unsqueeze(0)
+                        .unwrap(),
+                    token_type_ids: f
+                        .input
+                        .token_type_ids
+                        .get(row)
+                        .unwrap()
+                        .narrow(0, 0, len)
+                        .unwrap()
+                        .unsqueeze(0)
+                        .unwrap(),
+                    layout: RowLayout {
+                        seq_len: len,
+                        lengths: vec![len],
+                        passage: vec![layout.passage[row]],
+                        score_pos: vec![layout.score_pos[row]],
+                    },
+                };
+                let alone = forward(
+                    backbone.as_ref(),
+                    &f.heads,
+                    &single,
+                    sub,
+                    MergeMode::Attention,
+                    false,
+                )
+                .unwrap();
+                for (depth, scores) in &batch.scores {
+                    let a: f32 = alone.scores[depth].get(0).unwrap().to_scalar().unwrap();
+                    let b: f32 = scores.get(row).unwrap().to_scalar().unwrap();
+                    assert!(
+                        (a - b).abs() <= 1e-5 * b.abs().max(1.0),
+                        "{name} {sub} depth {depth} row {row}: {a} alone vs {b} in batch"
+                    );
+                }
+            }
+        }
+    }
+}
