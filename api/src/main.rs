@@ -1,6 +1,9 @@
 //! `mrank`: the Matryoshka re-ranking service and its tools, one binary with subcommands.
 
+mod eval;
 mod inspect;
+mod model_args;
+mod train;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -23,6 +26,10 @@ enum Command {
     /// Describe a checkpoint: family, sizes, and the sub-structure space with the FLOPs of
     /// each configuration relative to the full model.
     Inspect(inspect::InspectArgs),
+    /// nDCG@10 and MRR@10 of sub-structures on candidate lists with judgments.
+    Eval(eval::EvalArgs),
+    /// Train a Matryoshka re-ranker (both stages) from a base checkpoint.
+    Train(train::TrainArgs),
 }
 
 /// Where the embedded default base model lives: `MRANK_BASE_MODEL`, else the set-up
@@ -38,6 +45,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Inspect(args) => inspect::run(args),
+        Command::Eval(args) => eval::run(args),
+        Command::Train(args) => train::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

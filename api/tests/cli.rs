@@ -80,3 +80,93 @@ fn inspect_a_broken_directory_fails_cleanly() {
     assert!(stderr.contains("/nonexistent/model"), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
+
+fn tiny_data(dir: &Path) -> (PathBuf, PathBuf) {
+    let data = dir.join("data.jsonl");
+    let lines = [
+        serde_json::json!({"qid": "1", "query": "predict whether passage contains an answer", "candidates": [
+            {"docid": "a", "text": "the passage contains an answer"}, {"docid": "b", "text": "tok40 tok41"}, {"docid": "c", "text": "tok50"}]}),
+        serde_json::json!({"qid": "2", "query": "query a", "candidates": [
+            {"docid": "d", "text": "tok60 tok61"}, {"docid": "e", "text": "query a answer"}]}),
+    ];
+    std::fs::write(
+        &data,
+        lines.iter().map(|l| format!("{l}\n")).collect::<String>(),
+    )
+    .unwrap();
+    let qrels = dir.join("qrels.txt");
+    std::fs::write(&qrels, "1 Q0 a 3\n1 Q0 b 0\n2 Q0 e 2\n7 Q0 z 1\n").unwrap();
+    (data, qrels)
+}
+
+#[test]
+fn eval_json_interface() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, qrels) = tiny_data(dir.path());
+    let model = repo().join("fixtures/tiny-bert");
+    let (ok, stdout, stderr) = mrank(&[
+        "eval",
+        "--model",
+        model.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--qrels",
+        qrels.to_str().unwrap(),
+        "--configs",
+        "all",
+        "--json",
+    ]);
+    assert!(ok, "{stderr}");
+    // Exactly one JSON object on stdout.
+    let value: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    let configs = value["configs"].as_array().unwrap();
+    assert!(value["model"].is_string());
+    assert!(configs
+        .iter()
+        .any(|c| c["id"] == "full" && c["flops_ratio"] == 1.0));
+    for c in configs {
+        let ndcg = c["ndcg@10"].as_f64().unwrap();
+        let mrr = c["mrr@10"].as_f64().unwrap();
+        assert!(
+            (0.0..=1.0).contains(&ndcg) && (0.0..=1.0).contains(&mrr),
+            "{c}"
+        );
+        assert!(c["flops_ratio"].as_f64().unwrap() <= 1.0);
+    }
+    // The judged query 7 is not in the data: warned and counted.
+    assert!(stderr.contains("1 judged queries are not in"), "{stderr}");
+}
+
+#[test]
+fn eval_reports_a_malformed_line_with_file_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, qrels) = tiny_data(dir.path());
+    let mut text = std::fs::read_to_string(&data).unwrap();
+    text.push_str("{not json\n");
+    std::fs::write(&data, text).unwrap();
+    let model = repo().join("fixtures/tiny-bert");
+    let (ok, _, stderr) = mrank(&[
+        "eval",
+        "--model",
+        model.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--qrels",
+        qrels.to_str().unwrap(),
+    ]);
+    assert!(!ok);
+    assert!(stderr.contains("data.jsonl:3:"), "{stderr}");
+}
+
+#[test]
+fn train_refuses_to_overwrite_another_run() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("train.toml"), "[run]\nseed = 1\n").unwrap();
+    let (ok, _, stderr) = mrank(&["train", "--out", dir.path().to_str().unwrap()]);
+    assert!(!ok);
+    assert!(
+        stderr.contains("--resume") && stderr.contains("--force"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}

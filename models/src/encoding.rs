@@ -296,6 +296,7 @@ pub struct PaddedBatch {
     pub token_type_ids: Vec<u32>,
     /// Real length of each row (the mask is `position < lengths[row]`).
     pub lengths: Vec<usize>,
+    pub query: Vec<Span>,
     pub passage: Vec<Span>,
     pub score_pos: Vec<usize>,
 }
@@ -316,6 +317,7 @@ impl PaddedBatch {
             input_ids,
             token_type_ids,
             lengths: pairs.iter().map(|p| p.len()).collect(),
+            query: pairs.iter().map(|p| p.query).collect(),
             passage: pairs.iter().map(|p| p.passage).collect(),
             score_pos: pairs.iter().map(|p| p.score_pos).collect(),
         }

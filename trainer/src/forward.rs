@@ -8,6 +8,7 @@ use candle_core::{Device, Tensor};
 use models::{PaddedBatch, SubStructure};
 
 use crate::error::{Result, TrainerError};
+use crate::layers::{gather_rows, masked_mean, normalize, span_mean};
 use crate::linear::Linear;
 use crate::merge::{apply_merge, plan_merge, MergeMode, RowLayout};
 
@@ -30,6 +31,9 @@ pub trait Backbone {
     /// The vector a head reads for each row, `[B, H]`: BERT's `[CLS]` state or token
     /// mean; decoders apply the final norm and take the scoring position.
     fn readout(&self, hidden: &Tensor, layout: &RowLayout, readout: Readout) -> Result<Tensor>;
+    /// Every LoRA-capable projection as (layer, name, linear); names are `q`, `k`, `v`,
+    /// `o`, `up`, `down` and, for gated MLPs, `gate`.
+    fn projections_mut(&mut self) -> Vec<(usize, &'static str, &mut Linear)>;
     /// Final transform of a head's logit (Gemma2's soft-capping); identity elsewhere.
     fn transform_score(&self, score: Tensor) -> Result<Tensor> {
         Ok(score)
@@ -44,6 +48,44 @@ pub enum Readout {
     ScoringPosition,
     /// The mean over real tokens (for bases trained with mean pooling).
     Mean,
+    /// The interaction of query and passage: the element-wise product of the
+    /// L2-normalised mean of the query tokens and of the passage tokens. A head whose
+    /// weights are all `s` scores `s · cos(query, passage)`, so a base trained as a
+    /// mean-pooling bi-encoder starts from its own similarity instead of from noise.
+    SpanProduct,
+}
+
+impl Readout {
+    /// `[B, T, H]` hidden states (after any final norm) → `[B, H]` head input.
+    pub fn features(self, hidden: &Tensor, layout: &RowLayout) -> Result<Tensor> {
+        match self {
+            Readout::ScoringPosition => gather_rows(hidden, &layout.score_pos),
+            Readout::Mean => masked_mean(hidden, &layout.lengths),
+            Readout::SpanProduct => {
+                let q = normalize(&span_mean(hidden, &layout.query)?)?;
+                let p = normalize(&span_mean(hidden, &layout.passage)?)?;
+                Ok((q * p)?)
+            }
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Readout::ScoringPosition => "scoring-position",
+            Readout::Mean => "mean",
+            Readout::SpanProduct => "span-product",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Self> {
+        [
+            Readout::ScoringPosition,
+            Readout::Mean,
+            Readout::SpanProduct,
+        ]
+        .into_iter()
+        .find(|r| r.name() == name)
+    }
 }
 
 /// A batch on the device, with the layout the merge needs.
@@ -62,6 +104,7 @@ impl ModelInput {
             layout: RowLayout {
                 seq_len: batch.seq_len,
                 lengths: batch.lengths.clone(),
+                query: batch.query.clone(),
                 passage: batch.passage.clone(),
                 score_pos: batch.score_pos.clone(),
             },

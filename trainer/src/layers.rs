@@ -156,7 +156,27 @@ pub fn masked_mean(hidden: &Tensor, lengths: &[usize]) -> Result<Tensor> {
         w[row * t..row * t + len].fill(1.0 / len.max(1) as f32);
     }
     let w = Tensor::from_vec(w, (b, 1, t), hidden.device())?;
-    Ok(w.matmul(hidden)?.squeeze(1)?)
+    Ok(w.matmul(&hidden.contiguous()?)?.squeeze(1)?)
+}
+
+/// Mean over one span per row: `[B, T, H]` → `[B, H]` (an empty span gives zeros).
+pub fn span_mean(hidden: &Tensor, spans: &[models::Span]) -> Result<Tensor> {
+    let (b, t, _) = hidden.dims3()?;
+    let mut w = vec![0f32; b * t];
+    for (row, span) in spans.iter().enumerate() {
+        let end = span.end().min(t);
+        for weight in &mut w[row * t + span.start.min(end)..row * t + end] {
+            *weight = 1.0 / span.len.max(1) as f32;
+        }
+    }
+    let w = Tensor::from_vec(w, (b, 1, t), hidden.device())?;
+    Ok(w.matmul(&hidden.contiguous()?)?.squeeze(1)?)
+}
+
+/// L2-normalises the rows of `[B, H]`.
+pub fn normalize(x: &Tensor) -> Result<Tensor> {
+    let norm = (x.sqr()?.sum_keepdim(D::Minus1)?.sqrt()? + 1e-12)?;
+    Ok(x.broadcast_div(&norm)?)
 }
 
 pub fn to_f32(t: &Tensor) -> Result<Tensor> {

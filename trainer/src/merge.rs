@@ -30,6 +30,8 @@ pub enum MergeMode {
 pub struct RowLayout {
     pub seq_len: usize,
     pub lengths: Vec<usize>,
+    /// Query tokens: never merged, and before the passage, so merging never moves them.
+    pub query: Vec<Span>,
     pub passage: Vec<Span>,
     pub score_pos: Vec<usize>,
 }
@@ -98,6 +100,7 @@ pub fn plan_merge(layout: &RowLayout, weights: &[f32], ratio: usize, mode: Merge
         layout: RowLayout {
             seq_len: new_t,
             lengths: new_lengths,
+            query: layout.query.clone(),
             passage,
             score_pos,
         },
@@ -119,6 +122,7 @@ mod tests {
         RowLayout {
             seq_len: 10,
             lengths: vec![10, 8],
+            query: vec![Span { start: 1, len: 1 }; 2],
             passage: vec![Span { start: 2, len: 7 }, Span { start: 2, len: 4 }],
             score_pos: vec![9, 7],
         }

@@ -30,6 +30,7 @@ fn merge_matches_reference_cases() {
         let ratio = ints(&cases[&key("ratio")])[0];
         let layout = RowLayout {
             seq_len: t,
+            query: vec![Span::default(); b],
             lengths: mask
                 .iter()
                 .map(|r| r.iter().sum::<i64>() as usize)
@@ -95,6 +96,7 @@ fn random_layout(rng: &mut rand::rngs::StdRng) -> (RowLayout, Tensor, Vec<f32>) 
         RowLayout {
             seq_len: t,
             lengths,
+            query: vec![Span { start: 1, len: 1 }; b],
             passage,
             score_pos,
         },
@@ -236,6 +238,7 @@ fn a_row_scores_the_same_alone_and_padded_in_a_batch() {
                     layout: RowLayout {
                         seq_len: len,
                         lengths: vec![len],
+                        query: vec![layout.query[row]],
                         passage: vec![layout.passage[row]],
                         score_pos: vec![layout.score_pos[row]],
                     },

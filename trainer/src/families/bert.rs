@@ -9,8 +9,7 @@ use super::{linear, tensor, LoraTargets};
 use crate::error::{Result, TrainerError};
 use crate::forward::{Backbone, ModelInput, Readout};
 use crate::layers::{
-    gather_rows, layer_norm, masked_mean, merge_heads, padding_mask, scoring_attention,
-    softmax_last, split_heads,
+    layer_norm, merge_heads, padding_mask, scoring_attention, softmax_last, split_heads,
 };
 use crate::linear::Linear;
 use crate::merge::RowLayout;
@@ -200,11 +199,12 @@ impl Backbone for Bert {
         Ok((y, attention))
     }
 
+    fn projections_mut(&mut self) -> Vec<(usize, &'static str, &mut Linear)> {
+        super::layer_projections(&mut self.layers)
+    }
+
     fn readout(&self, hidden: &Tensor, layout: &RowLayout, readout: Readout) -> Result<Tensor> {
-        match readout {
-            Readout::ScoringPosition => gather_rows(hidden, &layout.score_pos),
-            Readout::Mean => masked_mean(hidden, &layout.lengths),
-        }
+        readout.features(hidden, layout)
     }
 }
 

@@ -13,8 +13,8 @@ use super::{linear, tensor, LoraTargets};
 use crate::error::{Result, TrainerError};
 use crate::forward::{Backbone, ModelInput, Readout};
 use crate::layers::{
-    apply_rope, causal_mask, gather_rows, masked_mean, merge_heads, repeat_kv, rms_norm,
-    rope_tables, scoring_attention, softmax_last, split_heads,
+    apply_rope, causal_mask, merge_heads, repeat_kv, rms_norm, rope_tables, scoring_attention,
+    softmax_last, split_heads,
 };
 use crate::linear::Linear;
 use crate::merge::RowLayout;
@@ -188,12 +188,13 @@ impl Backbone for Gemma2 {
         Ok((out, attention))
     }
 
+    fn projections_mut(&mut self) -> Vec<(usize, &'static str, &mut Linear)> {
+        super::layer_projections(&mut self.layers)
+    }
+
     fn readout(&self, hidden: &Tensor, layout: &RowLayout, readout: Readout) -> Result<Tensor> {
         let normed = rms_norm(hidden, &self.final_norm, self.config.rms_norm_eps)?;
-        match readout {
-            Readout::ScoringPosition => gather_rows(&normed, &layout.score_pos),
-            Readout::Mean => masked_mean(&normed, &layout.lengths),
-        }
+        readout.features(&normed, layout)
     }
 
     fn transform_score(&self, score: Tensor) -> Result<Tensor> {

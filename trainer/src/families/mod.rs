@@ -46,6 +46,17 @@ pub(crate) fn linear(
     Ok(Linear::new(weight, bias))
 }
 
+/// Flattens per-layer projections into (layer, name, linear).
+pub(crate) fn layer_projections<L: LoraTargets>(
+    layers: &mut [L],
+) -> Vec<(usize, &'static str, &mut Linear)> {
+    layers
+        .iter_mut()
+        .enumerate()
+        .flat_map(|(i, l)| l.projections_mut().into_iter().map(move |(n, p)| (i, n, p)))
+        .collect()
+}
+
 /// The LoRA target projections of a layer, by the names the trainer config uses
 /// (`q`, `k`, `v`, `o`, and the MLP's `up`/`down`, plus `gate` for gated MLPs).
 pub trait LoraTargets {

@@ -65,6 +65,7 @@ pub fn tiny(name: &str) -> Fixture {
     let lens = ints(&inputs["passage_len"]);
     let layout = RowLayout {
         seq_len: t,
+        query: vec![Span::default(); b],
         lengths,
         passage: starts
             .iter()

@@ -1,0 +1,110 @@
+//! `mrank eval`: nDCG@10 and MRR@10 per sub-structure on a candidate file + qrels.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use candle_core::Device;
+use models::{SubStructure, SubStructureSpace};
+use trainer::data::{read_candidates, Qrels};
+use trainer::eval::evaluate;
+use trainer::reranker::Reranker;
+
+use crate::model_args::{resolve, ModelArgs};
+
+#[derive(clap::Args)]
+pub struct EvalArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Candidate lists (TREC-DL JSONL: qid, query, candidates[docid, text]).
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Judgments (TREC qrels: qid Q0 docid grade).
+    #[arg(long)]
+    pub qrels: PathBuf,
+    /// `all`, `full`, `depths` (every depth at full width) or a comma-separated list of ids.
+    #[arg(long, default_value = "all")]
+    pub configs: String,
+    /// Print exactly one JSON object instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// Padded tokens per forward batch.
+    #[arg(long, default_value_t = 8192)]
+    pub batch_tokens: usize,
+}
+
+pub fn select_configs(
+    spec: &str,
+    num_layers: usize,
+    min_depth: usize,
+) -> Result<Vec<SubStructure>> {
+    let mut space = SubStructureSpace::default_for(num_layers);
+    space.min_depth = min_depth;
+    Ok(match spec {
+        "all" => space.enumerate(),
+        "depths" => (min_depth..=num_layers)
+            .map(SubStructure::depth_only)
+            .collect(),
+        _ => spec
+            .split(',')
+            .map(|id| SubStructure::parse(id.trim(), num_layers, min_depth))
+            .collect::<models::Result<Vec<_>>>()
+            .context("--configs")?,
+    })
+}
+
+pub fn run(args: EvalArgs) -> Result<()> {
+    let (base, adapters, name) = resolve(&args.model)?;
+    let queries = read_candidates(&args.data)?;
+    let qrels = Qrels::read(&args.qrels)?;
+    let unknown = qrels.unknown_queries(&queries);
+    if unknown > 0 {
+        eprintln!(
+            "warning: {}: {unknown} judged queries are not in {}; they are skipped",
+            args.qrels.display(),
+            args.data.display()
+        );
+    }
+    let mut reranker = Reranker::load(
+        &base,
+        adapters.as_deref(),
+        args.model.max_length,
+        &Device::Cpu,
+    )
+    .with_context(|| format!("cannot load model {name}"))?;
+    let subs = select_configs(&args.configs, reranker.num_layers(), reranker.min_depth())?;
+    let results = evaluate(
+        &mut reranker,
+        &queries,
+        &qrels,
+        &subs,
+        args.batch_tokens,
+        !args.json,
+    )?;
+    if args.json {
+        let out = serde_json::json!({ "model": name, "configs": results });
+        println!("{out}");
+    } else {
+        println!(
+            "model {name} on {} ({} queries judged)",
+            args.data.display(),
+            queries
+                .iter()
+                .filter(|q| qrels.by_query.contains_key(&q.qid))
+                .count()
+        );
+        println!(
+            "{:<16} {:>9} {:>9} {:>8}",
+            "config", "nDCG@10", "MRR@10", "FLOPs"
+        );
+        for r in &results {
+            println!(
+                "{:<16} {:>9.4} {:>9.4} {:>7.1}%",
+                r.id,
+                r.ndcg10,
+                r.mrr10,
+                100.0 * r.flops_ratio
+            );
+        }
+    }
+    Ok(())
+}

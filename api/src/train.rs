@@ -1,0 +1,170 @@
+//! `mrank train`: both Matryoshka training stages from one TOML config.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use candle_core::Device;
+use trainer::config::TrainConfig;
+use trainer::data::{read_candidates, Qrels};
+use trainer::eval::evaluate;
+use trainer::reranker::Reranker;
+use trainer::train::{load_data, Trainer};
+
+#[derive(clap::Args)]
+pub struct TrainArgs {
+    /// Training config (TOML); every field has a default.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Override a config value, e.g. `--set stage1.steps=50` (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub overrides: Vec<String>,
+    /// Output directory: adapters.safetensors, train.toml, log.jsonl, checkpoints, eval.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Continue the run in `--out` from its last checkpoint, with its saved config.
+    #[arg(long)]
+    pub resume: bool,
+    /// Replace an existing run in `--out`.
+    #[arg(long, conflicts_with = "resume")]
+    pub force: bool,
+    /// CPU threads (default: the config's run.threads, 0 = all cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+}
+
+pub fn run(args: TrainArgs) -> Result<()> {
+    let saved = args.out.join("train.toml");
+    let cfg = if args.resume {
+        if args.config.is_some() {
+            bail!("--resume continues with {}; drop --config", saved.display());
+        }
+        let text = std::fs::read_to_string(&saved)
+            .with_context(|| format!("{}: nothing to resume", saved.display()))?;
+        TrainConfig::from_toml(&text, &args.overrides, &saved.display().to_string())?
+    } else {
+        if saved.exists() && !args.force {
+            bail!("{} already holds a training run; pass --resume to continue it or --force to replace it", args.out.display());
+        }
+        if args.force && args.out.exists() {
+            std::fs::remove_dir_all(&args.out)
+                .with_context(|| format!("cannot clear {}", args.out.display()))?;
+        }
+        let (text, origin) = match &args.config {
+            Some(p) => (
+                std::fs::read_to_string(p)
+                    .with_context(|| format!("cannot read {}", p.display()))?,
+                p.display().to_string(),
+            ),
+            None => (String::new(), "defaults".to_string()),
+        };
+        TrainConfig::from_toml(&text, &args.overrides, &origin)?
+    };
+    let threads = args.threads.unwrap_or(cfg.run.threads);
+    if threads > 0 {
+        std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
+    }
+    let base = if cfg.model.base.is_empty() {
+        crate::default_model_dir()
+    } else {
+        PathBuf::from(&cfg.model.base)
+    };
+    let device = Device::Cpu;
+    let (data, notes) = load_data(&cfg)?;
+    for n in notes {
+        eprintln!("{n}");
+    }
+    let mut trainer = Trainer::new(cfg, &base, &args.out, data, &device)?;
+    // The exact config used, with model-dependent defaults resolved.
+    std::fs::write(&saved, trainer.cfg.to_toml())
+        .with_context(|| format!("cannot write {}", saved.display()))?;
+    if args.resume {
+        trainer.resume()?;
+        eprintln!(
+            "resuming at phase {} step {}",
+            trainer.phase_index, trainer.step
+        );
+    }
+    let started = Instant::now();
+    let total: usize = trainer.phases().iter().map(|(_, s)| s).sum();
+    let done_before: usize = trainer
+        .phases()
+        .iter()
+        .take(trainer.phase_index)
+        .map(|(_, s)| s)
+        .sum::<usize>()
+        + trainer.step;
+    let mut done = done_before;
+    let finished = trainer.run(|r| {
+        done += 1;
+        let elapsed = started.elapsed().as_secs_f64();
+        let eta = elapsed / (done - done_before).max(1) as f64 * (total - done) as f64;
+        eprint!(
+            "\r{:<14} {:>4}/{:<4} loss {:>7.4} · {:>5.1} pairs/s · total {}/{} · eta {:.0}m   ",
+            r.phase,
+            r.step,
+            r.steps,
+            r.loss,
+            r.pairs_per_second,
+            done,
+            total,
+            eta / 60.0
+        );
+        let _ = std::io::stderr().flush();
+    })?;
+    eprintln!();
+    if finished.is_none() {
+        eprintln!("stopped early; continue with --resume");
+        return Ok(());
+    }
+    let adapters_path = args.out.join("adapters.safetensors");
+    eprintln!(
+        "wrote {} ({:.0}s)",
+        adapters_path.display(),
+        started.elapsed().as_secs_f64()
+    );
+    let cfg = trainer.cfg.clone();
+    drop(trainer);
+    if !cfg.data.dev.is_empty() {
+        write_eval(&cfg, &base, &adapters_path, &args.out, &device)?;
+    }
+    Ok(())
+}
+
+/// Evaluates the finished run on the dev data and writes eval.json and eval.md.
+fn write_eval(
+    cfg: &TrainConfig,
+    base: &Path,
+    adapters: &Path,
+    out: &Path,
+    device: &Device,
+) -> Result<()> {
+    let queries = read_candidates(Path::new(&cfg.data.dev))?;
+    let qrels = Qrels::read(Path::new(&cfg.data.dev_qrels))?;
+    let mut reranker = Reranker::load(base, Some(adapters), cfg.model.max_length, device)?;
+    let subs = crate::eval::select_configs(
+        &cfg.run.eval_configs,
+        reranker.num_layers(),
+        reranker.min_depth(),
+    )?;
+    let results = evaluate(&mut reranker, &queries, &qrels, &subs, 8192, true)?;
+    let json = serde_json::json!({"model": out.display().to_string(), "data": cfg.data.dev, "configs": results});
+    std::fs::write(out.join("eval.json"), serde_json::to_string_pretty(&json)?)?;
+    let mut md = "| config | nDCG@10 | MRR@10 | FLOPs vs full |
+| --- | --- | --- | --- |
+"
+    .to_string();
+    for r in &results {
+        md.push_str(&format!(
+            "| {} | {:.4} | {:.4} | {:.1}% |\n",
+            r.id,
+            r.ndcg10,
+            r.mrr10,
+            100.0 * r.flops_ratio
+        ));
+    }
+    std::fs::write(out.join("eval.md"), &md)?;
+    eprintln!("{md}");
+    Ok(())
+}

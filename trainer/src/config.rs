@@ -1,0 +1,329 @@
+//! The training configuration: one TOML file (every field has a default) plus
+//! `--set section.key=value` overrides. The run directory keeps the exact config used.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Result, TrainerError};
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrainConfig {
+    pub model: ModelSection,
+    pub data: DataSection,
+    pub lora: LoraSection,
+    pub space: SpaceSection,
+    pub stage1: Stage1Section,
+    pub stage2: Stage2Section,
+    pub run: RunSection,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ModelSection {
+    /// Base checkpoint directory; empty = the embedded default base model.
+    pub base: String,
+    /// `span-product`, `scoring-position` or `mean` (see `forward::Readout`).
+    pub readout: String,
+    /// `attention` (importance-weighted) or `uniform` merging.
+    pub merge_mode: String,
+    /// Tokens per (query, passage) pair.
+    pub max_length: usize,
+    /// Initial head weight for the span-product readout (a cosine temperature of 1/scale).
+    pub head_scale: f32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct DataSection {
+    /// Labelled candidate files and their qrels (same order).
+    pub train: Vec<String>,
+    pub qrels: Vec<String>,
+    /// Candidate files without judgments: only distillation terms apply.
+    pub unlabeled: Vec<String>,
+    /// Validation data evaluated at the end of the run (never trained on).
+    pub dev: String,
+    pub dev_qrels: String,
+    /// Lowest grade that counts as a positive.
+    pub positive_grade: u32,
+    /// Pairs per group: one positive and `group_size - 1` negatives.
+    pub group_size: usize,
+    /// Share of steps drawn from the unlabeled files.
+    pub unlabeled_fraction: f64,
+    /// Teacher scores: `bi-encoder` (the base model's own cosine) or `none`.
+    pub teacher: String,
+    /// Temperature applied to teacher cosines.
+    pub teacher_temperature: f64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct LoraSection {
+    pub rank: usize,
+    pub alpha: f64,
+    /// Projections that get LoRA: q, k, v, o, up, down, gate.
+    pub targets: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct SpaceSection {
+    /// Shallowest depth with a head; 0 = a quarter of the layers, rounded up.
+    pub min_depth: usize,
+    pub ratios: Vec<usize>,
+    /// Layers a training step may compress at (one per step, uniformly).
+    pub compress_layers: Vec<usize>,
+    /// Depths whose full-width scores teach the depths below them.
+    pub anchors: Vec<usize>,
+    /// Probability that a step keeps full width.
+    pub full_width_probability: f64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Stage1Section {
+    pub steps: usize,
+    pub lr: f64,
+    pub head_lr: f64,
+    pub warmup_steps: usize,
+    pub weight_labels: f64,
+    pub weight_teacher: f64,
+    pub weight_self_distill: f64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Stage2Section {
+    pub vertical_steps: usize,
+    /// Steps per ratio for the horizontal adapters.
+    pub horizontal_steps: usize,
+    pub lr: f64,
+    /// Vertical adapter buckets (inclusive depth ranges); empty = one for all depths.
+    pub depth_buckets: Vec<(usize, usize)>,
+    pub weight_labels: f64,
+    pub weight_teacher: f64,
+    /// Horizontal steps also distil from the same depth at full width.
+    pub weight_self_distill: f64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct RunSection {
+    pub seed: u64,
+    /// CPU threads for tensor math; 0 = all cores.
+    pub threads: usize,
+    pub checkpoint_every: usize,
+    pub log_every: usize,
+    /// Sub-structures evaluated on the dev data at the end: `all`, `depths` or ids.
+    pub eval_configs: String,
+}
+
+impl Default for ModelSection {
+    fn default() -> Self {
+        ModelSection {
+            base: String::new(),
+            readout: "span-product".into(),
+            merge_mode: "attention".into(),
+            max_length: 256,
+            head_scale: 20.0,
+        }
+    }
+}
+
+impl Default for DataSection {
+    fn default() -> Self {
+        DataSection {
+            train: vec![],
+            qrels: vec![],
+            unlabeled: vec![],
+            dev: String::new(),
+            dev_qrels: String::new(),
+            positive_grade: 2,
+            group_size: 16,
+            unlabeled_fraction: 0.5,
+            teacher: "bi-encoder".into(),
+            teacher_temperature: 0.05,
+        }
+    }
+}
+
+impl Default for LoraSection {
+    fn default() -> Self {
+        LoraSection {
+            rank: 16,
+            alpha: 32.0,
+            targets: ["q", "k", "v", "o", "up", "down", "gate"]
+                .map(String::from)
+                .to_vec(),
+        }
+    }
+}
+
+impl Default for SpaceSection {
+    fn default() -> Self {
+        SpaceSection {
+            min_depth: 0,
+            ratios: vec![2, 4, 8],
+            compress_layers: vec![],
+            anchors: vec![],
+            full_width_probability: 0.5,
+        }
+    }
+}
+
+impl Default for Stage1Section {
+    fn default() -> Self {
+        Stage1Section {
+            steps: 300,
+            lr: 2e-4,
+            head_lr: 1e-3,
+            warmup_steps: 20,
+            weight_labels: 1.0,
+            weight_teacher: 1.0,
+            weight_self_distill: 1.0,
+        }
+    }
+}
+
+impl Default for Stage2Section {
+    fn default() -> Self {
+        Stage2Section {
+            vertical_steps: 100,
+            horizontal_steps: 50,
+            lr: 1e-4,
+            depth_buckets: vec![],
+            weight_labels: 1.0,
+            weight_teacher: 1.0,
+            weight_self_distill: 1.0,
+        }
+    }
+}
+
+impl Default for RunSection {
+    fn default() -> Self {
+        RunSection {
+            seed: 0,
+            threads: 0,
+            checkpoint_every: 25,
+            log_every: 1,
+            eval_configs: "all".into(),
+        }
+    }
+}
+
+impl TrainConfig {
+    /// Parses TOML text and applies `key.path=value` overrides (values in TOML syntax;
+    /// bare words are taken as strings).
+    pub fn from_toml(text: &str, overrides: &[String], origin: &str) -> Result<Self> {
+        let mut value: toml::Value = toml::from_str(text)
+            .map_err(|e| TrainerError::Input(format!("{origin}: invalid TOML: {e}")))?;
+        for o in overrides {
+            let (path, raw) = o.split_once('=').ok_or_else(|| {
+                TrainerError::Input(format!("--set {o}: expected section.key=value"))
+            })?;
+            let parsed: toml::Value = toml::from_str::<toml::Table>(&format!("v = {raw}"))
+                .map(|mut t| t.remove("v").expect("key v was just written"))
+                .unwrap_or_else(|_| toml::Value::String(raw.to_string()));
+            let mut slot = &mut value;
+            let keys: Vec<&str> = path.trim().split('.').collect();
+            for (i, key) in keys.iter().enumerate() {
+                let table = slot.as_table_mut().ok_or_else(|| {
+                    TrainerError::Input(format!(
+                        "--set {o}: {} is not a section",
+                        keys[..i].join(".")
+                    ))
+                })?;
+                if i + 1 == keys.len() {
+                    table.insert(key.to_string(), parsed.clone());
+                    break;
+                }
+                slot = table
+                    .entry(key.to_string())
+                    .or_insert_with(|| toml::Value::Table(Default::default()));
+            }
+        }
+        value
+            .try_into()
+            .map_err(|e| TrainerError::Input(format!("{origin}: {e}")))
+    }
+
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).expect("the config serializes")
+    }
+
+    /// Resolves defaults that depend on the model and checks ranges; the message names
+    /// the offending key.
+    pub fn resolve(&mut self, num_layers: usize) -> Result<()> {
+        let bad = |m: String| Err(TrainerError::Input(format!("training config: {m}")));
+        if self.space.min_depth == 0 {
+            self.space.min_depth = num_layers.div_ceil(4).max(1);
+        }
+        if self.space.min_depth > num_layers {
+            return bad(format!(
+                "space.min_depth {} exceeds the model's {num_layers} layers",
+                self.space.min_depth
+            ));
+        }
+        if self.space.compress_layers.is_empty() {
+            self.space.compress_layers = (1..num_layers).collect();
+        }
+        if self.space.anchors.is_empty() {
+            self.space.anchors = vec![num_layers];
+        }
+        for &a in &self.space.anchors {
+            if a < self.space.min_depth || a > num_layers {
+                return bad(format!(
+                    "space.anchors: depth {a} is outside {}..={num_layers}",
+                    self.space.min_depth
+                ));
+            }
+        }
+        for &l in &self.space.compress_layers {
+            if l == 0 || l >= num_layers {
+                return bad(format!(
+                    "space.compress_layers: layer {l} is outside 1..{num_layers}"
+                ));
+            }
+        }
+        for &r in &self.space.ratios {
+            if ![2, 4, 8].contains(&r) {
+                return bad(format!("space.ratios: {r} is not one of 2, 4, 8"));
+            }
+        }
+        if self.stage2.depth_buckets.is_empty() {
+            self.stage2.depth_buckets = vec![(self.space.min_depth, num_layers)];
+        }
+        for &(from, to) in &self.stage2.depth_buckets {
+            if from > to || from < self.space.min_depth || to > num_layers {
+                return bad(format!(
+                    "stage2.depth_buckets: [{from}, {to}] is outside {}..={num_layers}",
+                    self.space.min_depth
+                ));
+            }
+        }
+        if self.data.group_size < 2 {
+            return bad("data.group_size must be at least 2 (one positive, one negative)".into());
+        }
+        if self.lora.rank == 0 {
+            return bad("lora.rank must be positive".into());
+        }
+        if crate::forward::Readout::parse(&self.model.readout).is_none() {
+            return bad(format!(
+                "model.readout {:?}: use span-product, scoring-position or mean",
+                self.model.readout
+            ));
+        }
+        if crate::adapters::parse_merge_mode(&self.model.merge_mode).is_none() {
+            return bad(format!(
+                "model.merge_mode {:?}: use attention or uniform",
+                self.model.merge_mode
+            ));
+        }
+        if !["bi-encoder", "none"].contains(&self.data.teacher.as_str()) {
+            return bad(format!(
+                "data.teacher {:?}: use bi-encoder or none",
+                self.data.teacher
+            ));
+        }
+        Ok(())
+    }
+}

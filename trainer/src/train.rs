@@ -1,0 +1,963 @@
+//! The two-stage Matryoshka training loop.
+//!
+//! Phases, in order: `stage1` (cascaded self-distillation: LoRA `sd` + heads, random
+//! width per step, every depth scored, each sub-structure distilled from its
+//! super-structure's detached scores), `vertical` (stage 2: `sd` merged, one LoRA per
+//! depth bucket trained at full width), then `horizontal-r{r}` for each ratio (one LoRA
+//! per ratio trained with merging, on top of the frozen vertical adapters).
+//!
+//! Determinism: every random choice of step `s` in phase `p` comes from an RNG seeded
+//! by (seed, p, s), and the checkpoint stores every trainable tensor and optimizer
+//! moment, so `--resume` reproduces an uninterrupted run exactly.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor, Var, D};
+use models::{Checkpoint, PaddedBatch, PairEncoder, SubStructure};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use crate::adapters::{save_tensors, AdapterMeta, Adapters, LoraSet, FORMAT};
+use crate::config::TrainConfig;
+use crate::data::{read_candidates, Qrels, QueryCandidates};
+use crate::error::{Result, TrainerError};
+use crate::forward::{forward, Backbone, Heads, ModelInput, Readout};
+use crate::linear::{Linear, LoraBranch};
+use crate::optim::{AdamW, ParamGroup};
+
+/// A labelled query: candidate indices by role.
+struct LabeledQuery {
+    query: QueryCandidates,
+    positives: Vec<usize>,
+    negatives: Vec<usize>,
+}
+
+pub struct TrainData {
+    labeled: Vec<LabeledQuery>,
+    unlabeled: Vec<QueryCandidates>,
+    /// qid → teacher score of each candidate (in candidate order).
+    teacher: HashMap<String, Vec<f32>>,
+}
+
+/// One training group: passages[0] is the positive when `labeled`.
+struct Group {
+    query: String,
+    passages: Vec<String>,
+    labeled: bool,
+    teacher: Option<Vec<f32>>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Phase {
+    Stage1,
+    Vertical,
+    Horizontal(usize),
+}
+
+impl Phase {
+    pub fn name(&self) -> String {
+        match self {
+            Phase::Stage1 => "stage1".into(),
+            Phase::Vertical => "vertical".into(),
+            Phase::Horizontal(r) => format!("horizontal-r{r}"),
+        }
+    }
+}
+
+pub fn phases(cfg: &TrainConfig) -> Vec<(Phase, usize)> {
+    let mut out = vec![
+        (Phase::Stage1, cfg.stage1.steps),
+        (Phase::Vertical, cfg.stage2.vertical_steps),
+    ];
+    for &r in &cfg.space.ratios {
+        out.push((Phase::Horizontal(r), cfg.stage2.horizontal_steps));
+    }
+    out.into_iter().filter(|(_, steps)| *steps > 0).collect()
+}
+
+/// Loads training data: labelled files with their qrels, unlabeled files. Queries
+/// without a positive are dropped; judged queries missing from the files are counted.
+pub fn load_data(cfg: &TrainConfig) -> Result<(TrainData, Vec<String>)> {
+    let mut notes = Vec::new();
+    if cfg.data.train.len() != cfg.data.qrels.len() {
+        return Err(TrainerError::Input(format!(
+            "training config: data.train has {} files but data.qrels has {}; give one qrels file per labelled file",
+            cfg.data.train.len(),
+            cfg.data.qrels.len()
+        )));
+    }
+    let mut labeled = Vec::new();
+    for (file, qrels_file) in cfg.data.train.iter().zip(&cfg.data.qrels) {
+        let queries = read_candidates(Path::new(file))?;
+        let qrels = Qrels::read(Path::new(qrels_file))?;
+        let unknown = qrels.unknown_queries(&queries);
+        if unknown > 0 {
+            notes.push(format!(
+                "warning: {qrels_file}: {unknown} judged queries are not in {file}; ignored"
+            ));
+        }
+        let mut dropped = 0;
+        for q in queries {
+            let grades: Vec<u32> = q
+                .candidates
+                .iter()
+                .map(|c| qrels.grade(&q.qid, &c.docid))
+                .collect();
+            let positives: Vec<usize> = (0..grades.len())
+                .filter(|&i| grades[i] >= cfg.data.positive_grade)
+                .collect();
+            let negatives: Vec<usize> = (0..grades.len()).filter(|&i| grades[i] == 0).collect();
+            if positives.is_empty() || negatives.is_empty() || !qrels.by_query.contains_key(&q.qid)
+            {
+                dropped += 1;
+                continue;
+            }
+            labeled.push(LabeledQuery {
+                query: q,
+                positives,
+                negatives,
+            });
+        }
+        if dropped > 0 {
+            notes.push(format!("{file}: {dropped} queries without a grade-{}+ positive or without negatives are not used for labels", cfg.data.positive_grade));
+        }
+    }
+    let mut unlabeled = Vec::new();
+    for file in &cfg.data.unlabeled {
+        unlabeled.extend(read_candidates(Path::new(file))?);
+    }
+    if labeled.is_empty() && unlabeled.is_empty() {
+        return Err(TrainerError::Input(
+            "training config: no training data (data.train and data.unlabeled are empty)".into(),
+        ));
+    }
+    Ok((
+        TrainData {
+            labeled,
+            unlabeled,
+            teacher: HashMap::new(),
+        },
+        notes,
+    ))
+}
+
+fn step_rng(seed: u64, phase: usize, step: usize) -> StdRng {
+    StdRng::seed_from_u64(
+        seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ ((phase as u64) << 40) ^ step as u64,
+    )
+}
+
+/// Draws a group: labelled (one positive, negatives) or unlabeled (random candidates).
+/// Unlabeled groups are only drawn when some distillation term can use them.
+fn sample_group(
+    data: &TrainData,
+    cfg: &TrainConfig,
+    rng: &mut StdRng,
+    labels_allowed: bool,
+    unlabeled_allowed: bool,
+) -> Group {
+    let use_unlabeled = unlabeled_allowed
+        && !data.unlabeled.is_empty()
+        && (data.labeled.is_empty()
+            || !labels_allowed
+            || rng.random_bool(cfg.data.unlabeled_fraction.clamp(0.0, 1.0)));
+    let n = cfg.data.group_size;
+    if use_unlabeled {
+        let q = &data.unlabeled[rng.random_range(0..data.unlabeled.len())];
+        let picks =
+            rand::seq::index::sample(rng, q.candidates.len(), n.min(q.candidates.len())).into_vec();
+        return Group {
+            query: q.query.clone(),
+            passages: picks
+                .iter()
+                .map(|&i| q.candidates[i].text.clone())
+                .collect(),
+            labeled: false,
+            teacher: data
+                .teacher
+                .get(&q.qid)
+                .map(|t| picks.iter().map(|&i| t[i]).collect()),
+        };
+    }
+    let lq = &data.labeled[rng.random_range(0..data.labeled.len())];
+    let pos = lq.positives[rng.random_range(0..lq.positives.len())];
+    let mut picks = vec![pos];
+    if lq.negatives.len() >= n - 1 {
+        picks.extend(
+            rand::seq::index::sample(rng, lq.negatives.len(), n - 1)
+                .into_iter()
+                .map(|i| lq.negatives[i]),
+        );
+    } else {
+        picks.extend((0..n - 1).map(|_| lq.negatives[rng.random_range(0..lq.negatives.len())]));
+    }
+    let q = &lq.query;
+    Group {
+        query: q.query.clone(),
+        passages: picks
+            .iter()
+            .map(|&i| q.candidates[i].text.clone())
+            .collect(),
+        labeled: true,
+        teacher: data
+            .teacher
+            .get(&q.qid)
+            .map(|t| picks.iter().map(|&i| t[i]).collect()),
+    }
+}
+
+/// Cross-entropy with the first entry as the target.
+fn ce_first(scores: &Tensor) -> Result<Tensor> {
+    let log_probs = candle_nn::ops::log_softmax(scores, D::Minus1)?;
+    Ok(log_probs.get(0)?.neg()?)
+}
+
+/// Soft cross-entropy of `student` logits against `target` logits.
+fn soft_ce(student: &Tensor, target: &Tensor) -> Result<Tensor> {
+    let p = candle_nn::ops::softmax(target, D::Minus1)?;
+    let log_q = candle_nn::ops::log_softmax(student, D::Minus1)?;
+    Ok((p * log_q)?.sum_all()?.neg()?)
+}
+
+/// Host-seeded LoRA initialisation: A uniform in ±1/sqrt(in), B zero.
+fn new_lora(
+    rng: &mut StdRng,
+    in_dim: usize,
+    out_dim: usize,
+    rank: usize,
+    device: &Device,
+) -> Result<(Var, Var)> {
+    let bound = 1.0 / (in_dim as f32).sqrt();
+    let a: Vec<f32> = (0..rank * in_dim)
+        .map(|_| rng.random_range(-bound..bound))
+        .collect();
+    let a = Var::from_tensor(&Tensor::from_vec(a, (rank, in_dim), device)?)?;
+    let b = Var::from_tensor(&Tensor::zeros((out_dim, rank), DType::F32, device)?)?;
+    Ok((a, b))
+}
+
+/// Trainable LoRA of one set: (layer, projection) → (A, B).
+type LoraVars = BTreeMap<(usize, String), (Var, Var)>;
+
+pub struct Trainer {
+    pub cfg: TrainConfig,
+    pub out_dir: PathBuf,
+    backbone: Box<dyn Backbone + Send + Sync>,
+    encoder: PairEncoder,
+    device: Device,
+    meta: AdapterMeta,
+    /// Heads (trained in stage 1, frozen after).
+    heads: Heads,
+    head_vars: BTreeMap<usize, (Var, Var)>,
+    /// Finished LoRA sets.
+    sets: BTreeMap<String, LoraSet>,
+    /// LoRA vars of the current phase: set name → (layer, proj) → (A, B).
+    lora_vars: BTreeMap<String, LoraVars>,
+    opt: Option<AdamW>,
+    pub phase_index: usize,
+    pub step: usize,
+    data: TrainData,
+    log: Option<std::fs::File>,
+    /// Whether `sd` has been folded into the base weights of `backbone`.
+    sd_merged: bool,
+    /// Stop (after checkpointing) once this many steps ran in this process; for tests
+    /// of `--resume` and for time-boxed runs.
+    pub stop_after: Option<usize>,
+}
+
+/// What the caller sees after each step (for progress display).
+pub struct StepReport {
+    pub phase: String,
+    pub step: usize,
+    pub steps: usize,
+    pub loss: f64,
+    pub pairs_per_second: f64,
+}
+
+impl Trainer {
+    /// Builds a trainer on `base`; `data` comes from `load_data` (teacher scores are
+    /// computed here when configured, and cached in the output directory).
+    pub fn new(
+        cfg: TrainConfig,
+        base: &Path,
+        out_dir: &Path,
+        mut data: TrainData,
+        device: &Device,
+    ) -> Result<Self> {
+        let checkpoint = Checkpoint::open(base)?;
+        let mut cfg = cfg;
+        let dims = checkpoint.config.dimensions();
+        cfg.resolve(dims.num_layers)?;
+        let backbone = crate::families::load_backbone(&checkpoint, device)?;
+        let encoder = PairEncoder::new(&checkpoint, cfg.model.max_length)?;
+        let readout = Readout::parse(&cfg.model.readout).expect("resolve checked the readout");
+        let architecture = checkpoint.config.variant_name().to_string();
+        let untrained = Adapters::untrained(
+            &architecture,
+            &dims,
+            cfg.space.min_depth,
+            readout,
+            cfg.model.head_scale,
+            device,
+        )?;
+        let mut meta = untrained.meta.clone();
+        meta.merge_mode = cfg.model.merge_mode.clone();
+        meta.rank = cfg.lora.rank;
+        meta.alpha = cfg.lora.alpha;
+        meta.depth_buckets = cfg.stage2.depth_buckets.clone();
+        meta.format = FORMAT.into();
+        if cfg.data.teacher == "bi-encoder" {
+            data.teacher = teacher_scores(
+                backbone.as_ref(),
+                &encoder,
+                &data,
+                cfg.model.max_length,
+                out_dir,
+                device,
+            )?;
+        }
+        let mut head_vars = BTreeMap::new();
+        let mut heads = untrained.heads.clone();
+        for (&depth, head) in heads.by_depth.iter_mut() {
+            let w = Var::from_tensor(&head.weight)?;
+            let b = Var::from_tensor(head.bias.as_ref().expect("untrained heads have a bias"))?;
+            *head = Linear::new(w.as_tensor().clone(), Some(b.as_tensor().clone()));
+            head_vars.insert(depth, (w, b));
+        }
+        std::fs::create_dir_all(out_dir)
+            .map_err(|e| TrainerError::Input(format!("{}: {e}", out_dir.display())))?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(out_dir.join("log.jsonl"))
+            .map_err(|e| {
+                TrainerError::Input(format!("{}: {e}", out_dir.join("log.jsonl").display()))
+            })?;
+        Ok(Trainer {
+            cfg,
+            out_dir: out_dir.to_path_buf(),
+            backbone,
+            encoder,
+            device: device.clone(),
+            meta,
+            heads,
+            head_vars,
+            sets: BTreeMap::new(),
+            lora_vars: BTreeMap::new(),
+            opt: None,
+            phase_index: 0,
+            step: 0,
+            data,
+            log: Some(log),
+            sd_merged: false,
+            stop_after: None,
+        })
+    }
+
+    pub fn phases(&self) -> Vec<(Phase, usize)> {
+        phases(&self.cfg)
+    }
+
+    fn scale(&self) -> f64 {
+        self.cfg.lora.alpha / self.cfg.lora.rank as f64
+    }
+
+    /// Creates the trainable LoRA sets and optimizer of the current phase.
+    fn start_phase(&mut self) -> Result<()> {
+        let phase = self.phases()[self.phase_index].0.clone();
+        let mut rng = step_rng(self.cfg.run.seed, self.phase_index, usize::MAX);
+        if phase != Phase::Stage1 && !self.sd_merged {
+            let adapters = self.adapters_snapshot()?;
+            adapters.merge_set_into("sd", self.backbone.as_mut())?;
+            self.sd_merged = true;
+        }
+        let set_names: Vec<String> = match &phase {
+            Phase::Stage1 => vec!["sd".into()],
+            Phase::Vertical => self
+                .cfg
+                .stage2
+                .depth_buckets
+                .iter()
+                .map(|(a, b)| format!("v{a}-{b}"))
+                .collect(),
+            Phase::Horizontal(r) => vec![format!("h{r}")],
+        };
+        let rank = self.cfg.lora.rank;
+        let targets = self.cfg.lora.targets.clone();
+        let device = self.device.clone();
+        self.lora_vars.clear();
+        for name in set_names {
+            let mut set = BTreeMap::new();
+            for (layer, proj, linear) in self.backbone.projections_mut() {
+                if targets.iter().any(|t| t == proj) {
+                    let vars =
+                        new_lora(&mut rng, linear.in_dim(), linear.out_dim(), rank, &device)?;
+                    set.insert((layer, proj.to_string()), vars);
+                }
+            }
+            self.lora_vars.insert(name, set);
+        }
+        let mut groups = vec![ParamGroup {
+            vars: self
+                .lora_vars
+                .values()
+                .flat_map(|s| s.values().flat_map(|(a, b)| [a.clone(), b.clone()]))
+                .collect(),
+            lr: if phase == Phase::Stage1 {
+                self.cfg.stage1.lr
+            } else {
+                self.cfg.stage2.lr
+            },
+        }];
+        if phase == Phase::Stage1 {
+            groups.push(ParamGroup {
+                vars: self
+                    .head_vars
+                    .values()
+                    .flat_map(|(w, b)| [w.clone(), b.clone()])
+                    .collect(),
+                lr: self.cfg.stage1.head_lr,
+            });
+        }
+        self.opt = Some(AdamW::new(groups)?);
+        Ok(())
+    }
+
+    /// Attaches, on every projection, the given trainable sets plus frozen finished sets.
+    fn attach(&mut self, trainable: &[String], frozen: &[String]) {
+        let scale = self.scale();
+        let lora_vars = &self.lora_vars;
+        let sets = &self.sets;
+        for (layer, proj, linear) in self.backbone.projections_mut() {
+            let key = (layer, proj.to_string());
+            let mut branches = Vec::new();
+            for name in frozen {
+                if let Some((a, b)) = sets.get(name).and_then(|s| s.get(&key)) {
+                    branches.push(LoraBranch {
+                        a: a.clone(),
+                        b: b.clone(),
+                        scale,
+                    });
+                }
+            }
+            for name in trainable {
+                if let Some((a, b)) = lora_vars.get(name).and_then(|s| s.get(&key)) {
+                    branches.push(LoraBranch {
+                        a: a.as_tensor().clone(),
+                        b: b.as_tensor().clone(),
+                        scale,
+                    });
+                }
+            }
+            linear.lora = branches;
+        }
+    }
+
+    fn encode_group(&self, group: &Group) -> Result<ModelInput> {
+        let pairs = group
+            .passages
+            .iter()
+            .map(|p| self.encoder.encode(&group.query, p, None))
+            .collect::<models::Result<Vec<_>>>()?;
+        ModelInput::new(&PaddedBatch::new(&pairs, self.encoder.pad_id), &self.device)
+    }
+
+    /// Runs one step of the current phase; returns the loss.
+    pub fn train_step(&mut self) -> Result<(f64, BTreeMap<String, f64>)> {
+        let phases = self.phases();
+        let (phase, steps) = phases[self.phase_index].clone();
+        let mut rng = step_rng(self.cfg.run.seed, self.phase_index, self.step);
+        let num_layers = self.backbone.num_layers();
+        let min_depth = self.cfg.space.min_depth;
+        let mode = crate::adapters::parse_merge_mode(&self.cfg.model.merge_mode).expect("resolved");
+        // Width and depth range of this step, and which adapters are on.
+        let (ratio, compress, depths, trainable, frozen): (
+            usize,
+            Vec<usize>,
+            Vec<usize>,
+            Vec<String>,
+            Vec<String>,
+        ) = match &phase {
+            Phase::Stage1 => {
+                let full = rng.random_bool(self.cfg.space.full_width_probability.clamp(0.0, 1.0));
+                let (r, c) = if full {
+                    (1, vec![])
+                } else {
+                    let r = self.cfg.space.ratios[rng.random_range(0..self.cfg.space.ratios.len())];
+                    let l = self.cfg.space.compress_layers
+                        [rng.random_range(0..self.cfg.space.compress_layers.len())];
+                    (r, vec![l])
+                };
+                (
+                    r,
+                    c,
+                    (min_depth..=num_layers).collect(),
+                    vec!["sd".into()],
+                    vec![],
+                )
+            }
+            Phase::Vertical => {
+                let buckets = &self.cfg.stage2.depth_buckets;
+                let (from, to) = buckets[self.step % buckets.len()];
+                (
+                    1,
+                    vec![],
+                    (from..=to).collect(),
+                    vec![format!("v{from}-{to}")],
+                    vec![],
+                )
+            }
+            Phase::Horizontal(r) => {
+                let buckets = &self.cfg.stage2.depth_buckets;
+                let (from, to) = buckets[self.step % buckets.len()];
+                let candidates: Vec<usize> = self
+                    .cfg
+                    .space
+                    .compress_layers
+                    .iter()
+                    .copied()
+                    .filter(|&l| l < to)
+                    .collect();
+                if candidates.is_empty() {
+                    return Err(TrainerError::Input(format!(
+                        "no compress layer below depth {to} for ratio {r}"
+                    )));
+                }
+                let l = candidates[rng.random_range(0..candidates.len())];
+                let depths: Vec<usize> = (from.max(l + 1)..=to).collect();
+                (
+                    *r,
+                    vec![l],
+                    depths,
+                    vec![format!("h{r}")],
+                    vec![format!("v{from}-{to}")],
+                )
+            }
+        };
+        let labels_allowed = match &phase {
+            Phase::Stage1 => self.cfg.stage1.weight_labels > 0.0,
+            _ => self.cfg.stage2.weight_labels > 0.0,
+        };
+        let (w_labels, w_teacher, w_sd) = match &phase {
+            Phase::Stage1 => (
+                self.cfg.stage1.weight_labels,
+                self.cfg.stage1.weight_teacher,
+                self.cfg.stage1.weight_self_distill,
+            ),
+            Phase::Vertical => (
+                self.cfg.stage2.weight_labels,
+                self.cfg.stage2.weight_teacher,
+                0.0,
+            ),
+            Phase::Horizontal(_) => (
+                self.cfg.stage2.weight_labels,
+                self.cfg.stage2.weight_teacher,
+                self.cfg.stage2.weight_self_distill,
+            ),
+        };
+        let unlabeled_allowed = (w_teacher > 0.0 && !self.data.teacher.is_empty()) || w_sd > 0.0;
+        let group = sample_group(
+            &self.data,
+            &self.cfg,
+            &mut rng,
+            labels_allowed,
+            unlabeled_allowed,
+        );
+        let input = self.encode_group(&group)?;
+        let max_depth = *depths
+            .iter()
+            .max()
+            .expect("a step scores at least one depth");
+        self.attach(&trainable, &frozen);
+        let sub = SubStructure {
+            depth: max_depth,
+            ratio,
+            compress_layers: compress.clone(),
+        };
+        let out = forward(
+            self.backbone.as_ref(),
+            &self.heads,
+            &input,
+            &sub,
+            mode,
+            false,
+        )?;
+        // Full-width scores of the same adapters, detached: the super-structures.
+        let full_width: BTreeMap<usize, Tensor> = if ratio > 1 {
+            let full_sub = SubStructure {
+                depth: num_layers.max(max_depth),
+                ratio: 1,
+                compress_layers: vec![],
+            };
+            let full_sub = if matches!(phase, Phase::Stage1) {
+                full_sub
+            } else {
+                SubStructure {
+                    depth: max_depth,
+                    ..full_sub
+                }
+            };
+            forward(
+                self.backbone.as_ref(),
+                &self.heads,
+                &input,
+                &full_sub,
+                mode,
+                false,
+            )?
+            .scores
+            .into_iter()
+            .map(|(d, s)| Ok((d, s.detach())))
+            .collect::<Result<_>>()?
+        } else {
+            out.scores.iter().map(|(d, s)| (*d, s.detach())).collect()
+        };
+        let teacher = match &group.teacher {
+            Some(t) => Some(
+                (Tensor::new(t.as_slice(), &self.device)? / self.cfg.data.teacher_temperature)?,
+            ),
+            None => None,
+        };
+        let mut terms: BTreeMap<String, f64> = BTreeMap::new();
+        let mut total: Option<Tensor> = None;
+        let mut add =
+            |name: &str, t: Tensor, w: f64, terms: &mut BTreeMap<String, f64>| -> Result<()> {
+                if w <= 0.0 {
+                    return Ok(());
+                }
+                let v: f32 = t.to_scalar()?;
+                *terms.entry(name.to_string()).or_insert(0.0) += v as f64 / depths.len() as f64;
+                let weighted = (t * (w / depths.len() as f64))?;
+                total = Some(match total.take() {
+                    Some(acc) => (acc + weighted)?,
+                    None => weighted,
+                });
+                Ok(())
+            };
+        for &d in &depths {
+            let Some(s) = out.scores.get(&d) else {
+                continue;
+            };
+            if group.labeled {
+                add("labels", ce_first(s)?, w_labels, &mut terms)?;
+            }
+            if let Some(t) = &teacher {
+                add("teacher", soft_ce(s, t)?, w_teacher, &mut terms)?;
+            }
+            // Super-structure: merged steps learn from the same depth at full width (for
+            // depths the merge reached); every depth also learns from the next anchor above.
+            let merged_here = ratio > 1 && compress.iter().any(|&l| l < d);
+            let anchor = if merged_here {
+                Some(d)
+            } else {
+                self.cfg
+                    .space
+                    .anchors
+                    .iter()
+                    .copied()
+                    .filter(|&a| a > d)
+                    .min()
+            };
+            if let Some(a) = anchor.filter(|_| w_sd > 0.0) {
+                if let Some(target) = full_width.get(&a) {
+                    add("self_distill", soft_ce(s, target)?, w_sd, &mut terms)?;
+                }
+            }
+        }
+        let Some(loss) = total else {
+            return Err(TrainerError::Input(
+                "this step has no loss term: check the loss weights and data".into(),
+            ));
+        };
+        let loss_value: f32 = loss.to_scalar()?;
+        let grads = loss.backward()?;
+        let warmup = self.cfg.stage1.warmup_steps.max(1) as f64;
+        // Linear warm-up, then linear decay to 10% at the end of the phase.
+        let progress = self.step as f64 / steps.max(1) as f64;
+        let lr_scale = ((self.step + 1) as f64 / warmup).min(1.0) * (1.0 - 0.9 * progress);
+        self.opt
+            .as_mut()
+            .expect("phase started")
+            .step(&grads, lr_scale)?;
+        Ok((loss_value as f64, terms))
+    }
+
+    /// Current trainable sets folded into `sets` (for saving), plus heads.
+    pub fn adapters_snapshot(&self) -> Result<Adapters> {
+        let mut sets = self.sets.clone();
+        for (name, vars) in &self.lora_vars {
+            let set = vars
+                .iter()
+                .map(|(k, (a, b))| Ok((k.clone(), (a.as_tensor().copy()?, b.as_tensor().copy()?))))
+                .collect::<Result<LoraSet>>()?;
+            sets.insert(name.clone(), set);
+        }
+        let mut heads = self.heads.clone();
+        for (d, (w, b)) in &self.head_vars {
+            heads.by_depth.insert(
+                *d,
+                Linear::new(w.as_tensor().copy()?, Some(b.as_tensor().copy()?)),
+            );
+        }
+        Ok(Adapters {
+            meta: self.meta.clone(),
+            heads,
+            sets,
+        })
+    }
+
+    /// Runs every remaining phase, checkpointing and logging; calls `report` after each step.
+    /// Returns `None` when `stop_after` interrupted the run (a checkpoint was written).
+    pub fn run(&mut self, mut report: impl FnMut(&StepReport)) -> Result<Option<Adapters>> {
+        let phases = self.phases();
+        let mut ran = 0usize;
+        while self.phase_index < phases.len() {
+            let (phase, steps) = phases[self.phase_index].clone();
+            if self.opt.is_none() {
+                self.start_phase()?;
+            }
+            let started = Instant::now();
+            let first = self.step;
+            while self.step < steps {
+                let (loss, terms) = self.train_step()?;
+                self.step += 1;
+                let pps = ((self.step - first) * self.cfg.data.group_size) as f64
+                    / started.elapsed().as_secs_f64().max(1e-9);
+                if let Some(log) = &mut self.log {
+                    if self.step.is_multiple_of(self.cfg.run.log_every.max(1)) || self.step == steps
+                    {
+                        let line = serde_json::json!({"phase": phase.name(), "step": self.step, "loss": loss, "terms": terms, "pairs_per_second": pps});
+                        let _ = writeln!(log, "{line}");
+                    }
+                }
+                report(&StepReport {
+                    phase: phase.name(),
+                    step: self.step,
+                    steps,
+                    loss,
+                    pairs_per_second: pps,
+                });
+                ran += 1;
+                if self.stop_after.is_some_and(|n| ran >= n) && self.step < steps {
+                    self.save_checkpoint()?;
+                    return Ok(None);
+                }
+                if self
+                    .step
+                    .is_multiple_of(self.cfg.run.checkpoint_every.max(1))
+                    && self.step < steps
+                {
+                    self.save_checkpoint()?;
+                }
+            }
+            // Phase done: its sets become frozen; heads freeze after stage 1.
+            let snapshot = self.adapters_snapshot()?;
+            self.sets = snapshot.sets;
+            self.heads = snapshot.heads;
+            self.lora_vars.clear();
+            if phase == Phase::Stage1 {
+                self.head_vars.clear();
+            }
+            self.opt = None;
+            self.phase_index += 1;
+            self.step = 0;
+            self.save_checkpoint()?;
+        }
+        let adapters = self.adapters_snapshot()?;
+        adapters.save(&self.out_dir.join("adapters.safetensors"))?;
+        Ok(Some(adapters))
+    }
+
+    fn checkpoint_path(&self) -> PathBuf {
+        self.out_dir.join("checkpoint.safetensors")
+    }
+
+    /// Writes everything needed to continue: finished sets, heads, current vars and
+    /// optimizer moments, phase and step.
+    pub fn save_checkpoint(&self) -> Result<()> {
+        let snapshot = self.adapters_snapshot()?;
+        let mut tensors: Vec<(String, Tensor)> = Vec::new();
+        for (d, h) in &snapshot.heads.by_depth {
+            tensors.push((format!("head.{d}.weight"), h.weight.clone()));
+            tensors.push((
+                format!("head.{d}.bias"),
+                h.bias.clone().expect("heads have a bias"),
+            ));
+        }
+        for (set, loras) in &snapshot.sets {
+            for ((layer, proj), (a, b)) in loras {
+                tensors.push((format!("lora.{set}.{layer}.{proj}.a"), a.clone()));
+                tensors.push((format!("lora.{set}.{layer}.{proj}.b"), b.clone()));
+            }
+        }
+        let mut opt_step = 0;
+        if let Some(opt) = &self.opt {
+            opt_step = opt.step;
+            for (k, (m, v)) in opt.moments.iter().enumerate() {
+                tensors.push((format!("opt.{k}.m"), m.clone()));
+                tensors.push((format!("opt.{k}.v"), v.clone()));
+            }
+        }
+        let mut metadata = HashMap::new();
+        metadata.insert(
+            "mrank".into(),
+            serde_json::to_string(&self.meta).expect("serializes"),
+        );
+        metadata.insert("phase_index".into(), self.phase_index.to_string());
+        metadata.insert("step".into(), self.step.to_string());
+        metadata.insert("opt_step".into(), opt_step.to_string());
+        metadata.insert("sd_merged".into(), self.sd_merged.to_string());
+        save_tensors(&tensors, Some(metadata), &self.checkpoint_path())
+    }
+
+    /// Restores a checkpoint written by `save_checkpoint`.
+    pub fn resume(&mut self) -> Result<()> {
+        let path = self.checkpoint_path();
+        let bytes = std::fs::read(&path)
+            .map_err(|e| TrainerError::Input(format!("{}: cannot resume: {e}", path.display())))?;
+        let (_, header) = safetensors::SafeTensors::read_metadata(&bytes)
+            .map_err(|e| TrainerError::Input(format!("{}: {e}", path.display())))?;
+        let meta = header.metadata().clone().unwrap_or_default();
+        let num = |k: &str| -> Result<usize> {
+            meta.get(k).and_then(|v| v.parse().ok()).ok_or_else(|| {
+                TrainerError::Input(format!("{}: checkpoint lacks {k}", path.display()))
+            })
+        };
+        let tensors = candle_core::safetensors::load_buffer(&bytes, &self.device)?;
+        self.phase_index = num("phase_index")?;
+        self.step = num("step")?;
+        let opt_step = num("opt_step")?;
+        // Finished sets and heads.
+        let adapters_only: Vec<(String, Tensor)> = tensors
+            .iter()
+            .filter(|(k, _)| !k.starts_with("opt."))
+            .map(|(k, t)| (k.clone(), t.clone()))
+            .collect();
+        let tmp = self.out_dir.join("resume-adapters.safetensors");
+        let mut m = HashMap::new();
+        m.insert(
+            "mrank".to_string(),
+            serde_json::to_string(&self.meta).expect("serializes"),
+        );
+        save_tensors(&adapters_only, Some(m), &tmp)?;
+        let restored = Adapters::load(&tmp, &self.device)?;
+        let _ = std::fs::remove_file(&tmp);
+        let phases = self.phases();
+        let in_stage1 =
+            self.phase_index < phases.len() && phases[self.phase_index].0 == Phase::Stage1;
+        for (d, h) in &restored.heads.by_depth {
+            if let Some((w, b)) = self.head_vars.get(d) {
+                w.set(&h.weight)?;
+                b.set(h.bias.as_ref().expect("heads have a bias"))?;
+            }
+        }
+        if !in_stage1 {
+            self.head_vars.clear();
+            self.heads = restored.heads.clone();
+        }
+        let mut sets = restored.sets;
+        self.sets.clear();
+        if self.phase_index < phases.len() {
+            let current: Vec<String> = match &phases[self.phase_index].0 {
+                Phase::Stage1 => vec!["sd".into()],
+                Phase::Vertical => self
+                    .cfg
+                    .stage2
+                    .depth_buckets
+                    .iter()
+                    .map(|(a, b)| format!("v{a}-{b}"))
+                    .collect(),
+                Phase::Horizontal(r) => vec![format!("h{r}")],
+            };
+            // Finished sets first (stage 2 merges `sd` into the weights when it starts).
+            self.sets = sets
+                .iter()
+                .filter(|(k, _)| !current.contains(k))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            if self.step > 0 || opt_step > 0 {
+                self.start_phase()?;
+                for name in &current {
+                    let Some(saved) = sets.remove(name) else {
+                        continue;
+                    };
+                    for (key, (a, b)) in saved {
+                        if let Some((va, vb)) = self.lora_vars.get(name).and_then(|s| s.get(&key)) {
+                            va.set(&a)?;
+                            vb.set(&b)?;
+                        }
+                    }
+                }
+                let opt = self.opt.as_mut().expect("phase started");
+                opt.step = opt_step;
+                for (k, (m, v)) in opt.moments.iter_mut().enumerate() {
+                    if let (Some(sm), Some(sv)) = (
+                        tensors.get(&format!("opt.{k}.m")),
+                        tensors.get(&format!("opt.{k}.v")),
+                    ) {
+                        *m = sm.clone();
+                        *v = sv.clone();
+                    }
+                }
+            }
+        } else {
+            self.sets = sets;
+        }
+        Ok(())
+    }
+}
+
+/// Bi-encoder cosine of every (query, candidate) in the training data, cached in
+/// `out_dir/teacher.safetensors` (recomputed when missing).
+fn teacher_scores(
+    model: &dyn Backbone,
+    encoder: &PairEncoder,
+    data: &TrainData,
+    max_length: usize,
+    out_dir: &Path,
+    device: &Device,
+) -> Result<HashMap<String, Vec<f32>>> {
+    let cache = out_dir.join("teacher.safetensors");
+    let queries: Vec<&QueryCandidates> = data
+        .labeled
+        .iter()
+        .map(|l| &l.query)
+        .chain(data.unlabeled.iter())
+        .collect();
+    if cache.exists() {
+        let tensors = candle_core::safetensors::load(&cache, device)?;
+        if queries.iter().all(|q| tensors.contains_key(&q.qid)) {
+            return queries
+                .iter()
+                .map(|q| Ok((q.qid.clone(), tensors[&q.qid].to_vec1()?)))
+                .collect();
+        }
+    }
+    std::fs::create_dir_all(out_dir)
+        .map_err(|e| TrainerError::Input(format!("{}: {e}", out_dir.display())))?;
+    let started = Instant::now();
+    let mut out = HashMap::new();
+    for (i, q) in queries.iter().enumerate() {
+        let texts: Vec<&str> = q.candidates.iter().map(|c| c.text.as_str()).collect();
+        let scores =
+            crate::biencoder::cosine_scores(model, encoder, &q.query, &texts, max_length, device)?;
+        out.insert(q.qid.clone(), scores);
+        eprint!(
+            "\rteacher (bi-encoder cosine): query {}/{} · {:.0}s   ",
+            i + 1,
+            queries.len(),
+            started.elapsed().as_secs_f64()
+        );
+        let _ = std::io::stderr().flush();
+    }
+    eprintln!();
+    let tensors: Vec<(String, Tensor)> = out
+        .iter()
+        .map(|(k, v)| Ok((k.clone(), Tensor::new(v.as_slice(), device)?)))
+        .collect::<Result<_>>()?;
+    save_tensors(&tensors, None, &cache)?;
+    Ok(out)
+}
