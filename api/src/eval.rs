@@ -6,7 +6,7 @@ use anyhow::{Context, Result};
 use candle_core::Device;
 use models::{SubStructure, SubStructureSpace};
 use trainer::data::{read_candidates, Qrels};
-use trainer::eval::evaluate;
+use trainer::eval::{evaluate, evaluate_baseline, Baseline};
 use trainer::reranker::Reranker;
 
 use crate::model_args::{resolve, ModelArgs};
@@ -27,6 +27,17 @@ pub struct EvalArgs {
     /// Print exactly one JSON object instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// Score with a reference instead of the re-ranker: `bm25` (the candidates' BM25
+    /// order) or `bi-encoder` (cosine of the base model's mean-pooled embeddings).
+    #[arg(long)]
+    pub baseline: Option<String>,
+    /// Merge mode at inference (`attention` or `uniform`); default: the adapters' own.
+    #[arg(long)]
+    pub merge_mode: Option<String>,
+    /// Evaluate without stage 2's vertical and horizontal adapters (the
+    /// "without compensation" ablation).
+    #[arg(long)]
+    pub without_compensation: bool,
     /// Padded tokens per forward batch.
     #[arg(long, default_value_t = 8192)]
     pub batch_tokens: usize,
@@ -71,15 +82,37 @@ pub fn run(args: EvalArgs) -> Result<()> {
         &Device::Cpu,
     )
     .with_context(|| format!("cannot load model {name}"))?;
-    let subs = select_configs(&args.configs, reranker.num_layers(), reranker.min_depth())?;
-    let results = evaluate(
-        &mut reranker,
-        &queries,
-        &qrels,
-        &subs,
-        args.batch_tokens,
-        !args.json,
-    )?;
+    if let Some(mode) = &args.merge_mode {
+        trainer::adapters::parse_merge_mode(mode)
+            .with_context(|| format!("--merge-mode {mode}: use attention or uniform"))?;
+        reranker.adapters.meta.merge_mode = mode.clone();
+    }
+    if args.without_compensation {
+        reranker.adapters.sets.retain(|name, _| name == "sd");
+    }
+    let results = match args.baseline.as_deref() {
+        None => {
+            let subs = select_configs(&args.configs, reranker.num_layers(), reranker.min_depth())?;
+            evaluate(
+                &mut reranker,
+                &queries,
+                &qrels,
+                &subs,
+                args.batch_tokens,
+                !args.json,
+            )?
+        }
+        Some(kind) => {
+            let baseline = match kind {
+                "bm25" => Baseline::Bm25,
+                "bi-encoder" => Baseline::BiEncoder,
+                other => anyhow::bail!("--baseline {other}: use bm25 or bi-encoder"),
+            };
+            vec![evaluate_baseline(
+                baseline, &reranker, &queries, &qrels, !args.json,
+            )?]
+        }
+    };
     if args.json {
         let out = serde_json::json!({ "model": name, "configs": results });
         println!("{out}");
@@ -97,12 +130,14 @@ pub fn run(args: EvalArgs) -> Result<()> {
             "config", "nDCG@10", "MRR@10", "FLOPs"
         );
         for r in &results {
+            let flops = if r.flops_ratio.is_finite() {
+                format!("{:.1}%", 100.0 * r.flops_ratio)
+            } else {
+                "-".to_string()
+            };
             println!(
-                "{:<16} {:>9.4} {:>9.4} {:>7.1}%",
-                r.id,
-                r.ndcg10,
-                r.mrr10,
-                100.0 * r.flops_ratio
+                "{:<16} {:>9.4} {:>9.4} {:>8}",
+                r.id, r.ndcg10, r.mrr10, flops
             );
         }
     }

@@ -181,7 +181,8 @@ impl Adapters {
         }
     }
 
-    pub fn save(&self, path: &Path) -> Result<()> {
+    /// Every tensor under its file name (`head.*`, `lora.*`).
+    pub fn tensors(&self) -> Vec<(String, Tensor)> {
         let mut tensors: Vec<(String, Tensor)> = Vec::new();
         for (depth, head) in &self.heads.by_depth {
             tensors.push((format!("head.{depth}.weight"), head.weight.clone()));
@@ -195,6 +196,11 @@ impl Adapters {
                 tensors.push((format!("lora.{set}.{layer}.{proj}.b"), b.clone()));
             }
         }
+        tensors
+    }
+
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let tensors = self.tensors();
         let mut metadata = HashMap::new();
         metadata.insert(
             "mrank".to_string(),

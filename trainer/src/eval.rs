@@ -116,3 +116,77 @@ pub fn evaluate(
         })
         .collect())
 }
+
+/// Reference scorers that need no trained adapters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Baseline {
+    /// The candidates' BM25 order.
+    Bm25,
+    /// Cosine of the base model's own mean-pooled embeddings (what the weights score
+    /// as the bi-encoder they were trained as).
+    BiEncoder,
+}
+
+/// nDCG@10 and MRR@10 of a baseline; `reranker` supplies the base weights for `BiEncoder`.
+pub fn evaluate_baseline(
+    baseline: Baseline,
+    reranker: &Reranker,
+    queries: &[QueryCandidates],
+    qrels: &Qrels,
+    progress: bool,
+) -> Result<ConfigQuality> {
+    let judged: Vec<&QueryCandidates> = queries
+        .iter()
+        .filter(|q| qrels.by_query.contains_key(&q.qid))
+        .collect();
+    let (mut ndcg, mut mrr) = (0.0, 0.0);
+    let start = std::time::Instant::now();
+    for (qi, q) in judged.iter().enumerate() {
+        let judgments = &qrels.by_query[&q.qid];
+        let docids: Vec<&str> = q.candidates.iter().map(|c| c.docid.as_str()).collect();
+        let scores: Vec<f32> = match baseline {
+            Baseline::Bm25 => q
+                .candidates
+                .iter()
+                .map(|c| -(c.bm25_rank.unwrap_or(u32::MAX) as f32))
+                .collect(),
+            Baseline::BiEncoder => {
+                let texts: Vec<&str> = q.candidates.iter().map(|c| c.text.as_str()).collect();
+                crate::biencoder::cosine_scores(
+                    reranker.backbone.as_ref(),
+                    &reranker.encoder,
+                    &q.query,
+                    &texts,
+                    reranker.encoder.max_length,
+                    &candle_core::Device::Cpu,
+                )?
+            }
+        };
+        let ranking = rank_by_score(&docids, &scores);
+        ndcg += ndcg_at_k(&ranking, judgments, 10);
+        mrr += mrr_at_k(&ranking, judgments, 10, 2);
+        if progress {
+            eprint!(
+                "\rbaseline: query {}/{} · {:.0}s   ",
+                qi + 1,
+                judged.len(),
+                start.elapsed().as_secs_f64()
+            );
+            let _ = std::io::stderr().flush();
+        }
+    }
+    if progress {
+        eprintln!();
+    }
+    let n = judged.len().max(1) as f64;
+    let id = match baseline {
+        Baseline::Bm25 => "bm25",
+        Baseline::BiEncoder => "bi-encoder-cosine",
+    };
+    Ok(ConfigQuality {
+        id: id.into(),
+        ndcg10: ndcg / n,
+        mrr10: mrr / n,
+        flops_ratio: f64::NAN,
+    })
+}

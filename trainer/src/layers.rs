@@ -1,6 +1,7 @@
 //! Building blocks shared by the families: norms, rotary positions, masked attention.
-//! All written with differentiable candle primitives (candle's fused CPU softmax and
-//! norms have no backward pass, and the trainer needs gradients through every layer).
+//! Norms and softmax have two paths: candle's fused kernels when nothing needs a
+//! gradient (inference: several times fewer passes over memory), and differentiable
+//! primitives when a LoRA variable is upstream (the fused kernels have no backward).
 
 use candle_core::{DType, Device, Tensor, D};
 
@@ -8,6 +9,14 @@ use crate::error::Result;
 
 /// LayerNorm over the last dimension (BERT).
 pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<Tensor> {
+    if !(x.track_op() || weight.track_op() || bias.track_op()) {
+        return Ok(candle_nn::ops::layer_norm(
+            &x.contiguous()?,
+            weight,
+            bias,
+            eps as f32,
+        )?);
+    }
     let mean = x.mean_keepdim(D::Minus1)?;
     let centered = x.broadcast_sub(&mean)?;
     let var = centered.sqr()?.mean_keepdim(D::Minus1)?;
@@ -18,12 +27,22 @@ pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Resul
 /// RMSNorm over the last dimension: `x / rms(x) * scale`, where `scale` is the weight
 /// (Llama) or `1 + weight` (Gemma; the caller passes the shifted tensor).
 pub fn rms_norm(x: &Tensor, scale: &Tensor, eps: f64) -> Result<Tensor> {
+    if !(x.track_op() || scale.track_op()) {
+        return Ok(candle_nn::ops::rms_norm(
+            &x.contiguous()?,
+            scale,
+            eps as f32,
+        )?);
+    }
     let ms = x.sqr()?.mean_keepdim(D::Minus1)?;
     let normed = x.broadcast_div(&(ms + eps)?.sqrt()?)?;
     Ok(normed.broadcast_mul(scale)?)
 }
 
 pub fn softmax_last(x: &Tensor) -> Result<Tensor> {
+    if !x.track_op() {
+        return Ok(candle_nn::ops::softmax_last_dim(&x.contiguous()?)?);
+    }
     Ok(candle_nn::ops::softmax(x, D::Minus1)?)
 }
 

@@ -75,15 +75,7 @@ impl Reranker {
         };
         adapters.merge_set_into("sd", backbone.as_mut())?;
         let encoder = PairEncoder::new(&checkpoint, max_length)?;
-        Ok(Reranker {
-            backbone,
-            dims,
-            adapters,
-            encoder,
-            architecture,
-            device: device.clone(),
-            active_sets: Vec::new(),
-        })
+        Ok(Self::from_parts(backbone, dims, adapters, encoder, architecture, device))
     }
 
     pub fn from_parts(

@@ -365,16 +365,9 @@ impl Trainer {
         self.cfg.lora.alpha / self.cfg.lora.rank as f64
     }
 
-    /// Creates the trainable LoRA sets and optimizer of the current phase.
-    fn start_phase(&mut self) -> Result<()> {
-        let phase = self.phases()[self.phase_index].0.clone();
-        let mut rng = step_rng(self.cfg.run.seed, self.phase_index, usize::MAX);
-        if phase != Phase::Stage1 && !self.sd_merged {
-            let adapters = self.adapters_snapshot()?;
-            adapters.merge_set_into("sd", self.backbone.as_mut())?;
-            self.sd_merged = true;
-        }
-        let set_names: Vec<String> = match &phase {
+    /// The LoRA sets a phase trains.
+    fn phase_sets(&self, phase: &Phase) -> Vec<String> {
+        match phase {
             Phase::Stage1 => vec!["sd".into()],
             Phase::Vertical => self
                 .cfg
@@ -384,7 +377,19 @@ impl Trainer {
                 .map(|(a, b)| format!("v{a}-{b}"))
                 .collect(),
             Phase::Horizontal(r) => vec![format!("h{r}")],
-        };
+        }
+    }
+
+    /// Creates the trainable LoRA sets and optimizer of the current phase.
+    fn start_phase(&mut self) -> Result<()> {
+        let phase = self.phases()[self.phase_index].0.clone();
+        let mut rng = step_rng(self.cfg.run.seed, self.phase_index, usize::MAX);
+        if phase != Phase::Stage1 && !self.sd_merged {
+            let adapters = self.adapters_snapshot()?;
+            adapters.merge_set_into("sd", self.backbone.as_mut())?;
+            self.sd_merged = true;
+        }
+        let set_names = self.phase_sets(&phase);
         let rank = self.cfg.lora.rank;
         let targets = self.cfg.lora.targets.clone();
         let device = self.device.clone();
@@ -778,21 +783,7 @@ impl Trainer {
     /// Writes everything needed to continue: finished sets, heads, current vars and
     /// optimizer moments, phase and step.
     pub fn save_checkpoint(&self) -> Result<()> {
-        let snapshot = self.adapters_snapshot()?;
-        let mut tensors: Vec<(String, Tensor)> = Vec::new();
-        for (d, h) in &snapshot.heads.by_depth {
-            tensors.push((format!("head.{d}.weight"), h.weight.clone()));
-            tensors.push((
-                format!("head.{d}.bias"),
-                h.bias.clone().expect("heads have a bias"),
-            ));
-        }
-        for (set, loras) in &snapshot.sets {
-            for ((layer, proj), (a, b)) in loras {
-                tensors.push((format!("lora.{set}.{layer}.{proj}.a"), a.clone()));
-                tensors.push((format!("lora.{set}.{layer}.{proj}.b"), b.clone()));
-            }
-        }
+        let mut tensors = self.adapters_snapshot()?.tensors();
         let mut opt_step = 0;
         if let Some(opt) = &self.opt {
             opt_step = opt.step;
@@ -861,17 +852,7 @@ impl Trainer {
         let mut sets = restored.sets;
         self.sets.clear();
         if self.phase_index < phases.len() {
-            let current: Vec<String> = match &phases[self.phase_index].0 {
-                Phase::Stage1 => vec!["sd".into()],
-                Phase::Vertical => self
-                    .cfg
-                    .stage2
-                    .depth_buckets
-                    .iter()
-                    .map(|(a, b)| format!("v{a}-{b}"))
-                    .collect(),
-                Phase::Horizontal(r) => vec![format!("h{r}")],
-            };
+            let current = self.phase_sets(&phases[self.phase_index].0);
             // Finished sets first (stage 2 merges `sd` into the weights when it starts).
             self.sets = sets
                 .iter()

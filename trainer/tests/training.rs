@@ -322,3 +322,58 @@ fn judged_queries_missing_from_the_data_are_counted() {
         "{notes:?}"
     );
 }
+
+/// The training path (differentiable primitives, taken when a LoRA variable is
+/// upstream) and the inference path (candle's fused norms and softmax) agree.
+#[test]
+fn training_and_inference_paths_agree() {
+    for name in ["tiny-bert", "tiny-llama", "tiny-gemma2"] {
+        let f = common::tiny(name);
+        let layers = f.checkpoint.config.dimensions().num_layers;
+        let sub = models::SubStructure {
+            depth: layers,
+            ratio: 2,
+            compress_layers: vec![1],
+        };
+        let mut backbone = load_backbone(&f.checkpoint, &Device::Cpu).unwrap();
+        let fused = forward(
+            backbone.as_ref(),
+            &f.heads,
+            &f.input,
+            &sub,
+            MergeMode::Attention,
+            false,
+        )
+        .unwrap();
+        // An inert LoRA (B = 0) held in variables switches every layer to the primitives.
+        for (_, _, linear) in backbone.projections_mut() {
+            let a = Var::from_tensor(
+                &Tensor::randn(0f32, 0.1, (2, linear.in_dim()), &Device::Cpu).unwrap(),
+            )
+            .unwrap();
+            let b = Var::from_tensor(
+                &Tensor::zeros((linear.out_dim(), 2), candle_core::DType::F32, &Device::Cpu)
+                    .unwrap(),
+            )
+            .unwrap();
+            linear.lora = vec![LoraBranch {
+                a: a.as_tensor().clone(),
+                b: b.as_tensor().clone(),
+                scale: 1.0,
+            }];
+        }
+        let primitive = forward(
+            backbone.as_ref(),
+            &f.heads,
+            &f.input,
+            &sub,
+            MergeMode::Attention,
+            false,
+        )
+        .unwrap();
+        for (depth, s) in &fused.scores {
+            let err = common::rel_err(&primitive.scores[depth], s);
+            assert!(err <= 1e-5, "{name} depth {depth}: {err:e}");
+        }
+    }
+}
