@@ -170,3 +170,29 @@ fn train_refuses_to_overwrite_another_run() {
     );
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
+
+#[test]
+fn eval_uses_the_embedded_default_without_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, qrels) = tiny_data(dir.path());
+    let (ok, stdout, stderr) = mrank(&[
+        "eval",
+        "--data",
+        data.to_str().unwrap(),
+        "--qrels",
+        qrels.to_str().unwrap(),
+        "--configs",
+        "full,d3",
+        "--json",
+    ]);
+    assert!(ok, "{stderr}");
+    let value: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert!(
+        value["model"]
+            .as_str()
+            .unwrap()
+            .contains("embedded default"),
+        "{value}"
+    );
+    assert_eq!(value["configs"].as_array().unwrap().len(), 2);
+}

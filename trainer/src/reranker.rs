@@ -75,7 +75,14 @@ impl Reranker {
         };
         adapters.merge_set_into("sd", backbone.as_mut())?;
         let encoder = PairEncoder::new(&checkpoint, max_length)?;
-        Ok(Self::from_parts(backbone, dims, adapters, encoder, architecture, device))
+        Ok(Self::from_parts(
+            backbone,
+            dims,
+            adapters,
+            encoder,
+            architecture,
+            device,
+        ))
     }
 
     pub fn from_parts(
