@@ -58,5 +58,14 @@ if [ ! -f "$model_dir/model.safetensors" ]; then
   rm -rf "$tmp"
 fi
 
+# The ONNX checker for exported graphs (fixtures/check_onnx.py): onnx in a small venv.
+pyenv=$cache/pyenv
+if [ ! -x "$pyenv/bin/python" ] || ! "$pyenv/bin/python" -c "import onnx" 2>/dev/null; then
+  echo "setup: installing onnx==1.17.0 into $pyenv (graph checker)" >&2
+  rm -rf "$pyenv"
+  "$python" -m venv "$pyenv"
+  "$pyenv/bin/python" -m pip install --quiet onnx==1.17.0 "numpy<2"
+fi
+
 echo "ORT_DYLIB_PATH=$ort_lib"
 echo "MRANK_BASE_MODEL=$model_dir"

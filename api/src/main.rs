@@ -1,6 +1,9 @@
 //! `mrank`: the Matryoshka re-ranking service and its tools, one binary with subcommands.
 
+mod bench;
+mod default_export;
 mod eval;
+mod export;
 mod inspect;
 mod model_args;
 mod train;
@@ -30,6 +33,11 @@ enum Command {
     Eval(eval::EvalArgs),
     /// Train a Matryoshka re-ranker (both stages) from a base checkpoint.
     Train(train::TrainArgs),
+    /// Write one ONNX graph per configuration plus manifest.json (cost and quality).
+    Export(export::ExportArgs),
+    /// Throughput (pairs/s) of each exported configuration on real pairs, beside a peer
+    /// ONNX graph run by the same ONNX Runtime.
+    Bench(bench::BenchArgs),
 }
 
 /// Where the embedded default base model lives: `MRANK_BASE_MODEL`, else the set-up
@@ -47,6 +55,8 @@ fn main() -> ExitCode {
         Command::Inspect(args) => inspect::run(args),
         Command::Eval(args) => eval::run(args),
         Command::Train(args) => train::run(args),
+        Command::Export(args) => export::run(args),
+        Command::Bench(args) => bench::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

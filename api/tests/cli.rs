@@ -196,3 +196,66 @@ fn eval_uses_the_embedded_default_without_model() {
     );
     assert_eq!(value["configs"].as_array().unwrap().len(), 2);
 }
+
+#[test]
+fn missing_onnxruntime_library_says_how_to_set_it_up() {
+    let out = Command::new(env!("CARGO_BIN_EXE_mrank"))
+        .args([
+            "bench",
+            "--load-only",
+            "--export",
+            "/nonexistent",
+            "--data",
+            "/nonexistent",
+        ])
+        .env("ORT_DYLIB_PATH", "/nonexistent/libonnxruntime.so")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("ONNX Runtime library not found at /nonexistent/libonnxruntime.so"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("make setup"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
+fn export_writes_a_manifest_that_bench_loads() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("tiny");
+    let model = repo().join("fixtures/tiny-bert");
+    let (ok, stdout, stderr) = mrank(&[
+        "export",
+        "--model",
+        model.to_str().unwrap(),
+        "--configs",
+        "full,d2,d2-r2@1",
+        "--out",
+        out.to_str().unwrap(),
+        "--max-length",
+        "64",
+    ]);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("d2-r2@1"), "{stdout}");
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("manifest.json")).unwrap()).unwrap();
+    let configs = manifest["configs"].as_array().unwrap();
+    assert_eq!(configs.len(), 3);
+    for c in configs {
+        assert!(c["latency_ms"].as_f64().unwrap() > 0.0, "{c}");
+        assert!(out.join(c["graph"].as_str().unwrap()).exists());
+    }
+    assert!(configs.iter().any(|c| c["frontier"] == true));
+    let (ok, stdout, stderr) = mrank(&[
+        "bench",
+        "--load-only",
+        "--export",
+        out.to_str().unwrap(),
+        "--data",
+        "/unused",
+    ]);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("\"configs\": 3"), "{stdout}");
+}

@@ -1,3 +1,199 @@
-//! Export: writes one ONNX graph per sub-structure plus the manifest of their cost and
-//! quality (see DESIGN.md "Export"). Not built yet: the foundation issue only sets up
-//! the crate so the workspace has its final shape.
+//! Export: one ONNX graph per sub-structure plus the manifest of their cost and quality
+//! (DESIGN.md "Export"). Base weights (with stage 1's `sd` folded in) go once into a
+//! shared external-data file; each configuration's stage-2 adapters stay low-rank
+//! branches inside its graph, or are folded into its own weights on request.
+
+pub mod blocks;
+pub mod error;
+pub mod families;
+pub mod forward;
+pub mod graph;
+pub mod measure;
+pub mod onnx;
+pub mod weights;
+
+use std::path::{Path, PathBuf};
+
+use models::manifest::{
+    ConfigEntry, Manifest, ReferenceLengths, SharedTensor, SharedWeights, MANIFEST_FORMAT,
+};
+use models::{pair_flops, Checkpoint, ModelConfig, SubStructure};
+use trainer::adapters::Adapters;
+
+pub use error::{ExportError, Result};
+
+use families::GraphFamily;
+use graph::{GraphBuilder, WeightStore};
+use weights::ModelWeights;
+
+pub const SHARED_WEIGHTS_FILE: &str = "weights.bin";
+
+/// What to export.
+pub struct ExportRequest<'a> {
+    pub model_dir: &'a Path,
+    /// Adapters from `mrank train`; `None` exports the untrained span-product heads.
+    pub adapters: Option<&'a Path>,
+    pub configs: Vec<SubStructure>,
+    pub out: &'a Path,
+    /// Fold each configuration's adapters into its own weights (no shared base).
+    pub merge_adapters: bool,
+    pub max_length: usize,
+}
+
+/// The graph family of a checkpoint.
+pub fn graph_family(config: &ModelConfig) -> Result<Box<dyn GraphFamily>> {
+    Ok(match config {
+        ModelConfig::Bert(c) => Box::new(families::bert::BertGraph { config: c.clone() }),
+        ModelConfig::Llama(c) => Box::new(families::llama::LlamaGraph::new(c)?),
+        ModelConfig::Gemma2(c) => Box::new(families::gemma2::Gemma2Graph { config: c.clone() }),
+    })
+}
+
+/// Loads adapters for a checkpoint (or the untrained heads), refusing another model's.
+pub fn load_adapters(checkpoint: &Checkpoint, adapters: Option<&Path>) -> Result<Adapters> {
+    let dims = checkpoint.config.dimensions();
+    let architecture = checkpoint.config.variant_name().to_string();
+    let device = candle_core::Device::Cpu;
+    Ok(match adapters {
+        Some(path) => {
+            let a = Adapters::load(path, &device)?;
+            a.check_base(&architecture, &dims, path)?;
+            a
+        }
+        None => {
+            let space = models::SubStructureSpace::default_for(dims.num_layers);
+            Adapters::untrained(
+                &architecture,
+                &dims,
+                space.min_depth,
+                trainer::Readout::SpanProduct,
+                1.0,
+                &device,
+            )?
+        }
+    })
+}
+
+fn io_err(path: &Path) -> impl Fn(std::io::Error) -> ExportError + '_ {
+    move |source| ExportError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Writes the graphs, the shared weights, the tokenizer and config, and the manifest
+/// (without latency or quality: `measure` adds those).
+pub fn export(req: &ExportRequest) -> Result<Manifest> {
+    let checkpoint = Checkpoint::open(req.model_dir)?;
+    let adapters = load_adapters(&checkpoint, req.adapters)?;
+    export_with(&checkpoint, &adapters, req)
+}
+
+pub fn export_with(
+    checkpoint: &Checkpoint,
+    adapters: &Adapters,
+    req: &ExportRequest,
+) -> Result<Manifest> {
+    let family = graph_family(&checkpoint.config)?;
+    let dims = checkpoint.config.dimensions();
+    let readout = adapters.heads.readout.name().to_string();
+    let mode = adapters.merge_mode();
+    let min_depth = adapters.heads.min_depth().unwrap_or(1);
+    for sub in &req.configs {
+        sub.validate(dims.num_layers, min_depth).map_err(|m| {
+            ExportError::Input(format!("configuration {}: {m}", sub.id(dims.num_layers)))
+        })?;
+    }
+    std::fs::create_dir_all(req.out).map_err(io_err(req.out))?;
+    let encoder = models::PairEncoder::new(checkpoint, req.max_length)?;
+    let lengths = encoder.reference_lengths();
+    let full_flops = pair_flops(&dims, lengths, &SubStructure::full(dims.num_layers));
+    let mut store = WeightStore::new(SHARED_WEIGHTS_FILE);
+    let mut entries = Vec::new();
+    for sub in &req.configs {
+        let id = sub.id(dims.num_layers);
+        let w = ModelWeights::new(checkpoint, adapters, sub, &id, req.merge_adapters);
+        let mut g = GraphBuilder::new(Some(&mut store));
+        forward::build(&mut g, family.as_ref(), &w, sub, &readout, mode)?;
+        let shared = g.shared.clone();
+        let model = g.finish(
+            &format!("mrank {id}"),
+            &format!("mrank sub-structure {id} of {}", checkpoint.dir.display()),
+            &[
+                ("mrank.config", id.clone()),
+                ("mrank.readout", readout.clone()),
+            ],
+        );
+        let file = format!("{id}.onnx");
+        let path = req.out.join(&file);
+        std::fs::write(&path, onnx::encode(&model)).map_err(io_err(&path))?;
+        let flops = pair_flops(&dims, lengths, sub);
+        entries.push(ConfigEntry {
+            id,
+            depth: sub.depth,
+            ratio: sub.ratio,
+            compress_layers: sub.compress_layers.clone(),
+            graph: file,
+            flops_per_pair: flops,
+            flops_ratio: flops / full_flops,
+            shared,
+            ndcg_at_10: None,
+            latency_ms: None,
+            reference_batch: None,
+            frontier: false,
+        });
+    }
+    let weights_path = req.out.join(SHARED_WEIGHTS_FILE);
+    std::fs::write(&weights_path, &store.bytes).map_err(io_err(&weights_path))?;
+    for file in ["tokenizer.json", "config.json"] {
+        let from = checkpoint.dir.join(file);
+        let to = req.out.join(file);
+        std::fs::copy(&from, &to).map_err(io_err(&from))?;
+    }
+    let mut manifest = Manifest {
+        format: MANIFEST_FORMAT.into(),
+        model: match req.adapters {
+            Some(a) => format!("{} + {}", checkpoint.dir.display(), a.display()),
+            None => format!("{} (untrained heads)", checkpoint.dir.display()),
+        },
+        family: checkpoint.family().name().into(),
+        architecture: checkpoint.config.variant_name().into(),
+        num_layers: dims.num_layers,
+        hidden_size: dims.hidden_size,
+        max_length: req.max_length,
+        readout: readout.clone(),
+        merge_mode: trainer::adapters::merge_mode_name(mode).into(),
+        inputs: forward::input_names(family.as_ref(), &readout),
+        tokenizer: "tokenizer.json".into(),
+        model_config: "config.json".into(),
+        shared_weights: Some(SharedWeights {
+            file: SHARED_WEIGHTS_FILE.into(),
+            tensors: store
+                .index
+                .values()
+                .map(|w| SharedTensor {
+                    name: w.name.clone(),
+                    shape: w.shape.clone(),
+                    offset: w.offset,
+                    length: w.length,
+                })
+                .collect(),
+        }),
+        reference_lengths: ReferenceLengths {
+            query: models::flops::REFERENCE_QUERY_TOKENS,
+            passage: models::flops::REFERENCE_PASSAGE_TOKENS,
+        },
+        configs: entries,
+    };
+    manifest.mark_frontier();
+    manifest.write(req.out)?;
+    Ok(manifest)
+}
+
+/// The default output directory name for an export of `adapters`.
+pub fn default_out(adapters: Option<&Path>) -> PathBuf {
+    match adapters.and_then(|a| a.parent()) {
+        Some(dir) => dir.join("onnx"),
+        None => PathBuf::from("onnx"),
+    }
+}

@@ -275,7 +275,7 @@ fn detect_name_map(config: &ModelConfig, tensors: &HashMap<String, TensorEntry>)
     }
 }
 
-fn load_tokenizer(path: &Path, config: &ModelConfig) -> Result<Tokenizer> {
+pub fn load_tokenizer(path: &Path, config: &ModelConfig) -> Result<Tokenizer> {
     if !path.exists() {
         return Err(ModelsError::MissingFile {
             path: path.to_path_buf(),

@@ -332,3 +332,23 @@ impl PaddedBatch {
         mask
     }
 }
+
+/// Splits pairs (indices sorted by length) into batches of at most `token_budget`
+/// padded tokens, so short pairs are not padded to the longest one.
+pub fn token_budget_batches(pairs: &[EncodedPair], token_budget: usize) -> Vec<Vec<usize>> {
+    let mut order: Vec<usize> = (0..pairs.len()).collect();
+    order.sort_by_key(|&i| pairs[i].len());
+    let mut batches: Vec<Vec<usize>> = Vec::new();
+    let mut current: Vec<usize> = Vec::new();
+    for i in order {
+        // Sorted ascending, so the newest pair is the longest of the batch.
+        if !current.is_empty() && (current.len() + 1) * pairs[i].len() > token_budget {
+            batches.push(std::mem::take(&mut current));
+        }
+        current.push(i);
+    }
+    if !current.is_empty() {
+        batches.push(current);
+    }
+    batches
+}

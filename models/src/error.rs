@@ -51,6 +51,11 @@ pub enum ModelsError {
     SubStructure { id: String, message: String },
     #[error("encoding failed: {0}")]
     Encoding(String),
+    #[error("{path}: {message}")]
+    Manifest { path: PathBuf, message: String },
+    /// ONNX Runtime could not be loaded or could not run a graph.
+    #[error("{0}")]
+    Runtime(String),
 }
 
 pub type Result<T, E = ModelsError> = std::result::Result<T, E>;

@@ -7,6 +7,8 @@ pub mod encoding;
 pub mod error;
 pub mod families;
 pub mod flops;
+pub mod manifest;
+pub mod runtime;
 pub mod substructure;
 
 pub use checkpoint::{Checkpoint, TensorF32};
@@ -14,4 +16,6 @@ pub use encoding::{EncodedPair, PaddedBatch, PairEncoder, Span};
 pub use error::{ModelsError, Result};
 pub use families::{Dimensions, Family, ModelConfig};
 pub use flops::{pair_flops, PairLengths};
+pub use manifest::{ConfigEntry, Manifest};
+pub use runtime::Runtime;
 pub use substructure::{SubStructure, SubStructureSpace};

@@ -131,7 +131,8 @@ impl Adapters {
     /// Checks the file was trained for this base model.
     pub fn check_base(&self, architecture: &str, dims: &Dimensions, path: &Path) -> Result<()> {
         let m = &self.meta;
-        if m.num_layers != dims.num_layers
+        if m.architecture != architecture
+            || m.num_layers != dims.num_layers
             || m.hidden_size != dims.hidden_size
             || m.vocab_size != dims.vocab_size
         {

@@ -1,0 +1,168 @@
+//! `mrank export`: one ONNX graph per configuration plus `manifest.json`, with each
+//! configuration's reference-batch latency and, given judged data, its dev nDCG@10.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use export::{export, measure, ExportRequest};
+use models::runtime::RuntimeOptions;
+use models::{Manifest, Runtime};
+use trainer::data::{read_candidates, Qrels};
+
+use crate::model_args::{resolve, ModelArgs};
+
+#[derive(clap::Args)]
+pub struct ExportArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// `all`, `frontier` (export all, keep the quality/cost frontier), `depths`, or a
+    /// comma-separated list of ids.
+    #[arg(long, default_value = "all")]
+    pub configs: String,
+    /// Output directory (graphs, weights.bin, tokenizer, manifest.json).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Fold each configuration's adapters into its own weights instead of low-rank
+    /// branches over shared base weights (more memory per configuration).
+    #[arg(long)]
+    pub merge_adapters: bool,
+    /// Judged dev data: records each configuration's nDCG@10 in the manifest.
+    #[arg(long, requires = "qrels")]
+    pub data: Option<PathBuf>,
+    #[arg(long, requires = "data")]
+    pub qrels: Option<PathBuf>,
+    /// Skip the reference-batch latency measurement.
+    #[arg(long)]
+    pub no_latency: bool,
+    /// Intra-op threads for the measurements (0 = all cores).
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
+}
+
+pub fn run(args: ExportArgs) -> Result<()> {
+    let (base, adapters, name) = resolve(&args.model)?;
+    let checkpoint = models::Checkpoint::open(&base)?;
+    let dims = checkpoint.config.dimensions();
+    let loaded = export::load_adapters(&checkpoint, adapters.as_deref())?;
+    let min_depth = loaded.heads.min_depth().unwrap_or(1);
+    let spec = if args.configs == "frontier" {
+        "all"
+    } else {
+        args.configs.as_str()
+    };
+    let configs = crate::eval::select_configs(spec, dims.num_layers, min_depth)?;
+    eprintln!(
+        "export: {name} → {} ({} configurations)",
+        args.out.display(),
+        configs.len()
+    );
+    let manifest = export::export_with(
+        &checkpoint,
+        &loaded,
+        &ExportRequest {
+            model_dir: &base,
+            adapters: adapters.as_deref(),
+            configs,
+            out: &args.out,
+            merge_adapters: args.merge_adapters,
+            max_length: args.model.max_length,
+        },
+    )?;
+    let _ = export;
+    let manifest = measure_into(&args.out, manifest, &args)?;
+    let manifest = if args.configs == "frontier" {
+        keep_frontier(&args.out, manifest)?
+    } else {
+        manifest
+    };
+    print_manifest(&manifest);
+    eprintln!(
+        "wrote {}",
+        args.out.join(models::manifest::MANIFEST_FILE).display()
+    );
+    Ok(())
+}
+
+/// Adds latency and dev quality to a fresh export and marks the frontier.
+fn measure_into(dir: &Path, mut manifest: Manifest, args: &ExportArgs) -> Result<Manifest> {
+    if args.no_latency && args.data.is_none() {
+        return Ok(manifest);
+    }
+    let runtime = Runtime::load(
+        dir,
+        &RuntimeOptions {
+            intra_threads: args.threads,
+            ..Default::default()
+        },
+    )?;
+    if !args.no_latency {
+        for (i, c) in manifest.configs.iter_mut().enumerate() {
+            eprint!(
+                "\rlatency: {}/{} {:<14}",
+                i + 1,
+                runtime.configs.len(),
+                c.id
+            );
+            c.latency_ms = Some(measure::reference_latency(&runtime, &c.id, 5)?);
+            c.reference_batch = Some(format!(
+                "{} pairs of {}+{} tokens, median of 5",
+                measure::REFERENCE_BATCH,
+                manifest.reference_lengths.query,
+                manifest.reference_lengths.passage
+            ));
+        }
+        eprintln!();
+    }
+    if let (Some(data), Some(qrels)) = (&args.data, &args.qrels) {
+        let queries = read_candidates(data)?;
+        let qrels = Qrels::read(qrels)?;
+        let ids = runtime.config_ids();
+        let quality = measure::evaluate_runtime(&runtime, &queries, &qrels, &ids, 8192, true)?;
+        for q in quality {
+            if let Some(c) = manifest.configs.iter_mut().find(|c| c.id == q.id) {
+                c.ndcg_at_10 = Some(q.ndcg10);
+            }
+        }
+    }
+    manifest.mark_frontier();
+    manifest.write(dir)?;
+    Ok(manifest)
+}
+
+/// Drops the graphs off the frontier (the shared weights stay: every graph uses them).
+pub fn keep_frontier(dir: &Path, mut manifest: Manifest) -> Result<Manifest> {
+    for c in manifest.configs.iter().filter(|c| !c.frontier) {
+        let path = dir.join(&c.graph);
+        std::fs::remove_file(&path)
+            .with_context(|| format!("{}: cannot remove", path.display()))?;
+    }
+    manifest.configs.retain(|c| c.frontier);
+    if manifest.configs.is_empty() {
+        bail!("no configuration on the frontier; this cannot happen with a non-empty export");
+    }
+    manifest.write(dir)?;
+    Ok(manifest)
+}
+
+pub fn print_manifest(m: &Manifest) {
+    println!(
+        "{:<14} {:>5} {:>5} {:>10} {:>9} {:>11} {:>8}",
+        "config", "depth", "ratio", "flops", "ndcg@10", "latency_ms", "frontier"
+    );
+    for c in &m.configs {
+        println!(
+            "{:<14} {:>5} {:>5} {:>10.3} {:>9} {:>11} {:>8}",
+            c.id,
+            c.depth,
+            c.ratio,
+            c.flops_ratio,
+            c.ndcg_at_10
+                .map(|v| format!("{v:.4}"))
+                .unwrap_or("-".into()),
+            c.latency_ms
+                .map(|v| format!("{v:.1}"))
+                .unwrap_or("-".into()),
+            if c.frontier { "yes" } else { "" }
+        );
+    }
+}

@@ -1,0 +1,354 @@
+//! Graph pieces every family shares: the row layout as graph values, attention masks,
+//! width merging, readouts and LoRA-carrying projections. Each mirrors a function of
+//! the trainer's candle forward (named in its comment) so parity is checkable piece by
+//! piece.
+
+use crate::graph::{GraphBuilder, MASKED};
+
+/// Where a family reads its score (and takes its merge weights from).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScoringPosition {
+    /// BERT's `[CLS]`, position 0.
+    First,
+    /// Decoders: the last real token, `length - 1`.
+    LastReal,
+}
+
+/// The trainer's `RowLayout` as graph values: `[B]` int64 lengths and spans (end
+/// exclusive) and the padded length `T` as an int64 scalar.
+#[derive(Debug, Clone)]
+pub struct Layout {
+    pub lengths: String,
+    pub passage_start: String,
+    pub passage_end: String,
+    pub query_start: String,
+    pub query_end: String,
+    pub seq_len: String,
+    pub scoring: ScoringPosition,
+}
+
+impl Layout {
+    /// `[B]` int64 scoring positions.
+    pub fn score_pos(&self, g: &mut GraphBuilder) -> String {
+        match self.scoring {
+            ScoringPosition::First => {
+                let zero = g.scalar_i64(0);
+                g.mul(&self.lengths, &zero)
+            }
+            ScoringPosition::LastReal => {
+                let one = g.scalar_i64(1);
+                g.sub(&self.lengths, &one)
+            }
+        }
+    }
+
+    /// `[1, T]` int64 positions `0..T`.
+    pub fn positions(&self, g: &mut GraphBuilder) -> String {
+        let r = g.range(&self.seq_len);
+        g.unsqueeze(&r, &[0])
+    }
+
+    /// `[B, T]` bool: position is a real token.
+    pub fn real_tokens(&self, g: &mut GraphBuilder) -> String {
+        let pos = self.positions(g);
+        let len = g.unsqueeze(&self.lengths, &[1]);
+        g.less(&pos, &len)
+    }
+
+    /// Additive padding mask `[B, 1, 1, T]` (trainer: `padding_mask`).
+    pub fn padding_mask(&self, g: &mut GraphBuilder) -> String {
+        let real = self.real_tokens(g);
+        let hidden = g.not(&real);
+        let hidden = g.to_f32(&hidden);
+        let masked = g.scalar_f32(MASKED);
+        let add = g.mul(&hidden, &masked);
+        g.unsqueeze(&add, &[1, 2])
+    }
+
+    /// Additive causal mask `[B, 1, T, T]` with padding and an optional sliding window
+    /// (trainer: `causal_mask`): key j is hidden from query i when j > i, j ≥ length,
+    /// or j ≤ i − window.
+    pub fn causal_mask(&self, g: &mut GraphBuilder, window: Option<usize>) -> String {
+        let r = g.range(&self.seq_len);
+        let keys = g.unsqueeze(&r, &[0]); // [1, T]  (j)
+        let queries = g.unsqueeze(&r, &[1]); // [T, 1]  (i)
+        let future = g.op("Greater", &[&keys, &queries], vec![]); // [T, T]
+        let mut hidden = g.unsqueeze(&future, &[0]); // [1, T, T]
+        let len = g.unsqueeze(&self.lengths, &[1, 2]); // [B, 1, 1]
+        let keys3 = g.unsqueeze(&keys, &[0]); // [1, 1, T]
+        let not_less = g.less(&keys3, &len);
+        let padding = g.not(&not_less); // [B, 1, T]
+        hidden = g.op("Or", &[&hidden, &padding], vec![]); // [B, T, T]
+        if let Some(w) = window {
+            let wv = g.scalar_i64(w as i64);
+            let limit = g.sub(&queries, &wv); // [T, 1]: i - w
+            let too_far = g.op("LessOrEqual", &[&keys, &limit], vec![]); // [T, T]
+            let too_far = g.unsqueeze(&too_far, &[0]);
+            hidden = g.op("Or", &[&hidden, &too_far], vec![]);
+        }
+        let hidden = g.to_f32(&hidden);
+        let masked = g.scalar_f32(MASKED);
+        let add = g.mul(&hidden, &masked);
+        g.unsqueeze(&add, &[1])
+    }
+}
+
+/// Attention of each row's scoring position summed over heads, `[B, H, T, T]` →
+/// `[B, T]` (trainer: `scoring_attention`).
+pub fn scoring_attention(g: &mut GraphBuilder, probs: &str, layout: &Layout) -> String {
+    let summed = g.reduce_sum(probs, &[1], false); // [B, T, T]
+    match layout.scoring {
+        ScoringPosition::First => {
+            let zero = g.scalar_i64(0);
+            g.gather(&summed, &zero, 1)
+        }
+        ScoringPosition::LastReal => {
+            let pos = layout.score_pos(g);
+            let select = one_hot_rows(g, &pos, layout); // [B, 1, T]
+            let row = g.matmul(&select, &summed); // [B, 1, T]
+            g.squeeze(&row, &[1])
+        }
+    }
+}
+
+/// `[B, 1, T]` float one-hot of one position per row.
+fn one_hot_rows(g: &mut GraphBuilder, pos: &str, layout: &Layout) -> String {
+    let positions = layout.positions(g); // [1, T]
+    let p = g.unsqueeze(pos, &[1]); // [B, 1]
+    let hit = g.equal(&positions, &p); // [B, T]
+    let hit = g.to_f32(&hit);
+    g.unsqueeze(&hit, &[1])
+}
+
+/// `[B, 1, T]` weights averaging positions `start..end` of each row (an empty span
+/// gives zeros), trainer: `span_mean`.
+fn span_weights(g: &mut GraphBuilder, start: &str, end: &str, layout: &Layout) -> String {
+    let positions = layout.positions(g);
+    let s = g.unsqueeze(start, &[1]);
+    let e = g.unsqueeze(end, &[1]);
+    let before = g.less(&positions, &s);
+    let after_start = g.not(&before);
+    let before_end = g.less(&positions, &e);
+    let inside = g.and(&after_start, &before_end);
+    let inside = g.to_f32(&inside); // [B, T]
+    let len = g.sub(end, start);
+    let one = g.scalar_i64(1);
+    let len = g.max(&len, &one);
+    let len = g.to_f32(&len);
+    let len = g.unsqueeze(&len, &[1]);
+    let w = g.div(&inside, &len);
+    g.unsqueeze(&w, &[1])
+}
+
+/// L2-normalises the rows of `[B, H]` (trainer: `normalize`).
+fn normalize(g: &mut GraphBuilder, x: &str) -> String {
+    let sq = g.mul(x, x);
+    let sum = g.reduce_sum(&sq, &[-1], true);
+    let norm = g.unary("Sqrt", &sum);
+    let eps = g.scalar_f32(1e-12);
+    let norm = g.add(&norm, &eps);
+    g.div(x, &norm)
+}
+
+/// The readouts of the trainer's `Readout`: `[B, T, H]` → `[B, H]`.
+pub fn readout(g: &mut GraphBuilder, hidden: &str, layout: &Layout, kind: &str) -> String {
+    match kind {
+        "span-product" => {
+            let wq = span_weights(g, &layout.query_start, &layout.query_end, layout);
+            let q = g.matmul(&wq, hidden);
+            let q = g.squeeze(&q, &[1]);
+            let wp = span_weights(g, &layout.passage_start, &layout.passage_end, layout);
+            let p = g.matmul(&wp, hidden);
+            let p = g.squeeze(&p, &[1]);
+            let q = normalize(g, &q);
+            let p = normalize(g, &p);
+            g.mul(&q, &p)
+        }
+        "mean" => {
+            let zero = g.scalar_i64(0);
+            let starts = g.mul(&layout.lengths, &zero);
+            let w = span_weights(g, &starts, &layout.lengths, layout);
+            let m = g.matmul(&w, hidden);
+            g.squeeze(&m, &[1])
+        }
+        _ => match layout.scoring {
+            ScoringPosition::First => {
+                let zero = g.scalar_i64(0);
+                g.gather(hidden, &zero, 1)
+            }
+            ScoringPosition::LastReal => {
+                let pos = layout.score_pos(g);
+                let select = one_hot_rows(g, &pos, layout);
+                let row = g.matmul(&select, hidden);
+                g.squeeze(&row, &[1])
+            }
+        },
+    }
+}
+
+/// Width merging before a compress layer (trainer: `plan_merge` + `apply_merge`), built
+/// from index arithmetic so it works for any batch and length: token i of a row moves
+/// to new position n(i) = i before the passage, start + (i − start) / ratio inside it,
+/// i − removed after it; the `[B, T', T]` merge matrix holds each token's weight
+/// normalised within its new position (a group whose weights are all zero falls back
+/// to the plain mean). `weights` is `[B, T]`, or `None` for uniform merging.
+pub fn merge(
+    g: &mut GraphBuilder,
+    hidden: &str,
+    layout: &Layout,
+    weights: Option<&str>,
+    ratio: usize,
+) -> (String, Layout) {
+    let r = g.scalar_i64(ratio as i64);
+    let plen = g.sub(&layout.passage_end, &layout.passage_start); // [B]
+    let rm1 = g.scalar_i64(ratio as i64 - 1);
+    let padded = g.add(&plen, &rm1);
+    let groups = g.div(&padded, &r); // ceil(plen / ratio)
+    let removed = g.sub(&plen, &groups);
+    let new_len = g.sub(&layout.lengths, &removed);
+    let new_end = g.add(&layout.passage_start, &groups);
+
+    let i = layout.positions(g); // [1, T]
+    let ps = g.unsqueeze(&layout.passage_start, &[1]); // [B, 1]
+    let pe = g.unsqueeze(&layout.passage_end, &[1]);
+    let rem = g.unsqueeze(&removed, &[1]);
+    let offset = g.sub(&i, &ps); // [B, T]
+    let group = g.div(&offset, &r);
+    let inside_pos = g.add(&ps, &group);
+    let after_pos = g.sub(&i, &rem);
+    let in_passage_or_after = {
+        let before = g.less(&i, &ps);
+        g.not(&before)
+    };
+    let before_end = g.less(&i, &pe);
+    let in_passage = g.and(&in_passage_or_after, &before_end);
+    let tail = g.where_(&before_end, &inside_pos, &after_pos);
+    let target = g.where_(&in_passage_or_after, &tail, &i); // [B, T]
+    let real = layout.real_tokens(g); // [B, T]
+
+    // Token weights: the attention weight inside the passage, 1 elsewhere.
+    let ones = g.to_f32(&real);
+    let token_w = match weights {
+        Some(w) => {
+            let w = g.mul(w, &ones);
+            g.where_(&in_passage, &w, &ones)
+        }
+        None => ones.clone(),
+    };
+
+    let new_t = g.reduce_max(&new_len, false);
+    let j = g.range(&new_t); // [T']
+    let j = g.unsqueeze(&j, &[0, 2]); // [1, T', 1]
+    let target3 = g.unsqueeze(&target, &[1]); // [B, 1, T]
+    let hit = g.equal(&target3, &j); // [B, T', T]
+    let real3 = g.unsqueeze(&real, &[1]);
+    let hit = g.and(&hit, &real3);
+    let hit = g.to_f32(&hit);
+    let w3 = g.unsqueeze(&token_w, &[1]);
+    let raw = g.mul(&hit, &w3);
+    let total = g.reduce_sum(&raw, &[2], true); // [B, T', 1]
+    let count = g.reduce_sum(&hit, &[2], true);
+    let zero_f = g.scalar_f32(0.0);
+    let one_f = g.scalar_f32(1.0);
+    let has_weight = g.op("Greater", &[&total, &zero_f], vec![]);
+    let safe_total = g.where_(&has_weight, &total, &one_f);
+    let weighted = g.div(&raw, &safe_total);
+    let safe_count = g.max(&count, &one_f);
+    let mean = g.div(&hit, &safe_count);
+    let matrix = g.where_(&has_weight, &weighted, &mean);
+    let merged = g.matmul(&matrix, hidden);
+    (
+        merged,
+        Layout {
+            lengths: new_len,
+            passage_start: layout.passage_start.clone(),
+            passage_end: new_end,
+            query_start: layout.query_start.clone(),
+            query_end: layout.query_end.clone(),
+            seq_len: new_t,
+            scoring: layout.scoring,
+        },
+    )
+}
+
+/// A projection `y = x Wᵀ (+ b) (+ x Aᵀ (s Bᵀ))`, weights already laid out `[in, out]`.
+pub struct Projection {
+    pub weight_t: String,
+    pub bias: Option<String>,
+    /// `Aᵀ [in, R]` and `s·Bᵀ [R, out]` of every active LoRA branch, concatenated.
+    pub lora: Option<(String, String)>,
+}
+
+impl Projection {
+    pub fn apply(&self, g: &mut GraphBuilder, x: &str) -> String {
+        let y = self.apply_without_bias(g, x);
+        match &self.bias {
+            Some(b) => g.add(&y, b),
+            None => y,
+        }
+    }
+
+    /// `x Wᵀ` plus the LoRA branches, leaving the bias to a fused consumer
+    /// (SkipLayerNormalization, BiasGelu).
+    pub fn apply_without_bias(&self, g: &mut GraphBuilder, x: &str) -> String {
+        let mut y = g.matmul(x, &self.weight_t);
+        if let Some((a, b)) = &self.lora {
+            let low = g.matmul(x, a);
+            let delta = g.matmul(&low, b);
+            y = g.add(&y, &delta);
+        }
+        y
+    }
+}
+
+/// `[B, T, H*D]` → `[B, heads, T, D]` (or `[B, heads, D, T]` when `transpose_last`).
+pub fn split_heads(
+    g: &mut GraphBuilder,
+    x: &str,
+    heads: usize,
+    head_dim: usize,
+    transpose_last: bool,
+) -> String {
+    let r = g.reshape(x, &[0, 0, heads as i64, head_dim as i64]);
+    if transpose_last {
+        g.transpose(&r, &[0, 2, 3, 1])
+    } else {
+        g.transpose(&r, &[0, 2, 1, 3])
+    }
+}
+
+/// `[B, heads, T, D]` → `[B, T, heads*D]`.
+pub fn merge_heads(g: &mut GraphBuilder, x: &str, hidden: usize) -> String {
+    let t = g.transpose(x, &[0, 2, 1, 3]);
+    g.reshape(&t, &[0, 0, hidden as i64])
+}
+
+/// Graph inputs → the initial layout. Spans are `[B, 2]` int64 (start, end exclusive).
+pub fn layout_from_inputs(
+    g: &mut GraphBuilder,
+    input_ids: &str,
+    attention_mask: &str,
+    passage_span: &str,
+    query_span: Option<&str>,
+    scoring: ScoringPosition,
+) -> Layout {
+    let lengths = g.reduce_sum(attention_mask, &[1], false);
+    let zero = g.scalar_i64(0);
+    let one = g.scalar_i64(1);
+    let passage_start = g.gather(passage_span, &zero, 1);
+    let passage_end = g.gather(passage_span, &one, 1);
+    let (query_start, query_end) = match query_span {
+        Some(q) => (g.gather(q, &zero, 1), g.gather(q, &one, 1)),
+        None => (passage_start.clone(), passage_start.clone()),
+    };
+    let seq_len = g.dim(input_ids, 1);
+    Layout {
+        lengths,
+        passage_start,
+        passage_end,
+        query_start,
+        query_end,
+        seq_len,
+        scoring,
+    }
+}

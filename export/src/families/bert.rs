@@ -1,0 +1,211 @@
+//! BERT as an ONNX graph; mirrors `trainer::families::bert` (post-norm blocks, erf GELU,
+//! absolute positions, token types).
+
+use models::families::BertConfig;
+
+use super::{attention, GraphFamily, Inputs};
+use crate::blocks::{merge_heads, scoring_attention, split_heads, Layout, ScoringPosition};
+use crate::error::Result;
+use crate::graph::GraphBuilder;
+use crate::weights::ModelWeights;
+
+pub struct BertGraph {
+    pub config: BertConfig,
+}
+
+fn norm(g: &mut GraphBuilder, w: &ModelWeights, x: &str, prefix: &str, eps: f64) -> Result<String> {
+    let weight = w.shared(g, &format!("{prefix}.weight"))?;
+    let bias = w.shared(g, &format!("{prefix}.bias"))?;
+    Ok(g.layer_norm(x, &weight, &bias, eps))
+}
+
+/// GELU: the exact erf form for `gelu`, the tanh approximation otherwise (as transformers).
+pub fn gelu(g: &mut GraphBuilder, x: &str, exact: bool) -> String {
+    let half = g.scalar_f32(0.5);
+    let one = g.scalar_f32(1.0);
+    let inner = if exact {
+        let c = g.scalar_f32(std::f32::consts::FRAC_1_SQRT_2);
+        let scaled = g.mul(x, &c);
+        g.unary("Erf", &scaled)
+    } else {
+        let cube = g.mul(x, x);
+        let cube = g.mul(&cube, x);
+        let k = g.scalar_f32(0.044715);
+        let cube = g.mul(&cube, &k);
+        let sum = g.add(x, &cube);
+        let c = g.scalar_f32((2.0 / std::f32::consts::PI).sqrt());
+        let scaled = g.mul(&sum, &c);
+        g.unary("Tanh", &scaled)
+    };
+    let shifted = g.add(&inner, &one);
+    let y = g.mul(x, &shifted);
+    g.mul(&y, &half)
+}
+
+impl GraphFamily for BertGraph {
+    fn num_layers(&self) -> usize {
+        self.config.num_hidden_layers
+    }
+    fn scoring(&self) -> ScoringPosition {
+        ScoringPosition::First
+    }
+    fn has_token_types(&self) -> bool {
+        true
+    }
+
+    /// The additive mask of the explicit attention path and the int32 key mask of the
+    /// fused one.
+    fn prepare(&self, g: &mut GraphBuilder, layout: &Layout) -> Result<Vec<String>> {
+        let additive = layout.padding_mask(g);
+        let real = layout.real_tokens(g);
+        let keys = g.cast(&real, crate::onnx::data_type::INT32);
+        Ok(vec![additive, keys])
+    }
+
+    fn embed(&self, g: &mut GraphBuilder, w: &ModelWeights, inputs: &Inputs) -> Result<String> {
+        let words = w.shared(g, "embeddings.word_embeddings.weight")?;
+        let types = w.shared(g, "embeddings.token_type_embeddings.weight")?;
+        let positions = w.shared(g, "embeddings.position_embeddings.weight")?;
+        let x = g.gather(&words, &inputs.input_ids, 0);
+        let tt = inputs
+            .token_type_ids
+            .as_deref()
+            .expect("bert graphs take token types");
+        let t = g.gather(&types, tt, 0);
+        let x = g.add(&x, &t);
+        let len = g.dim(&inputs.input_ids, 1);
+        let len = g.unsqueeze(&len, &[0]);
+        let start = g.const_i64(&[0]);
+        let p = g.op("Slice", &[&positions, &start, &len], vec![]);
+        let x = g.add(&x, &p);
+        norm(g, w, &x, "embeddings.LayerNorm", self.config.layer_norm_eps)
+    }
+
+    fn layer(
+        &self,
+        g: &mut GraphBuilder,
+        w: &ModelWeights,
+        index: usize,
+        hidden: &str,
+        layout: &Layout,
+        prepared: &[String],
+        want_attention: bool,
+    ) -> Result<(String, Option<String>)> {
+        use crate::onnx::AttributeProto;
+        let c = &self.config;
+        let heads = c.num_attention_heads;
+        let head_dim = c.hidden_size / heads;
+        let scale = 1.0 / (head_dim as f32).sqrt();
+        let p = format!("encoder.layer.{index}");
+        let prefixes = [
+            format!("{p}.attention.self.query"),
+            format!("{p}.attention.self.key"),
+            format!("{p}.attention.self.value"),
+        ];
+        let packed = if want_attention {
+            None
+        } else {
+            w.packed_qkv(g, index, [&prefixes[0], &prefixes[1], &prefixes[2]])?
+        };
+        let (context, attn) = if let Some((qkv_w, qkv_b)) = packed {
+            // ONNX Runtime's fused attention with the projection folded in: one MatMul
+            // for q, k and v, no head transposes, one pass for scale, mask and softmax.
+            let context = g.contrib_op(
+                "Attention",
+                &[hidden, &qkv_w, &qkv_b, &prepared[1]],
+                vec![
+                    AttributeProto::int("num_heads", heads as i64),
+                    AttributeProto::float("scale", scale),
+                ],
+            );
+            (context, None)
+        } else {
+            let q = w
+                .projection(g, index, "q", &prefixes[0], true)?
+                .apply(g, hidden);
+            let k = w
+                .projection(g, index, "k", &prefixes[1], true)?
+                .apply(g, hidden);
+            let v = w
+                .projection(g, index, "v", &prefixes[2], true)?
+                .apply(g, hidden);
+            if want_attention {
+                // The merge needs the scoring position's attention: explicit attention.
+                let q = split_heads(g, &q, heads, head_dim, false);
+                let k = split_heads(g, &k, heads, head_dim, true);
+                let v = split_heads(g, &v, heads, head_dim, false);
+                let (context, probs) = attention(g, &q, &k, &v, &prepared[0], scale);
+                let attn = scoring_attention(g, &probs, layout);
+                (merge_heads(g, &context, c.hidden_size), Some(attn))
+            } else {
+                // Branches on q, k or v: separate projections, fused attention.
+                let context = g.contrib_op(
+                    "MultiHeadAttention",
+                    &[&q, &k, &v, "", &prepared[1]],
+                    vec![
+                        AttributeProto::int("num_heads", heads as i64),
+                        AttributeProto::float("scale", scale),
+                    ],
+                );
+                (context, None)
+            }
+        };
+        let eps = c.layer_norm_eps;
+        // LayerNorm(attended + bias + residual) in one fused operator.
+        let o = w.projection(g, index, "o", &format!("{p}.attention.output.dense"), true)?;
+        let attended = o.apply_without_bias(g, &context);
+        let x = skip_norm(
+            g,
+            w,
+            &attended,
+            hidden,
+            o.bias.as_deref(),
+            &format!("{p}.attention.output.LayerNorm"),
+            eps,
+        )?;
+        let up = w.projection(g, index, "up", &format!("{p}.intermediate.dense"), true)?;
+        let inner = up.apply_without_bias(g, &x);
+        let bias = up.bias.clone().expect("bert projections have biases");
+        let act = if c.hidden_act == "gelu" {
+            "BiasGelu"
+        } else {
+            "FastGelu"
+        };
+        let inner = g.contrib_op(act, &[&inner, &bias], vec![]);
+        let down = w.projection(g, index, "down", &format!("{p}.output.dense"), true)?;
+        let out = down.apply_without_bias(g, &inner);
+        let y = skip_norm(
+            g,
+            w,
+            &out,
+            &x,
+            down.bias.as_deref(),
+            &format!("{p}.output.LayerNorm"),
+            eps,
+        )?;
+        Ok((y, attn))
+    }
+}
+
+/// `LayerNorm(x + bias + residual)` as ONNX Runtime's fused SkipLayerNormalization.
+fn skip_norm(
+    g: &mut GraphBuilder,
+    w: &ModelWeights,
+    x: &str,
+    residual: &str,
+    bias: Option<&str>,
+    prefix: &str,
+    eps: f64,
+) -> Result<String> {
+    let gamma = w.shared(g, &format!("{prefix}.weight"))?;
+    let beta = w.shared(g, &format!("{prefix}.bias"))?;
+    let mut inputs = vec![x, residual, gamma.as_str(), beta.as_str()];
+    if let Some(b) = bias {
+        inputs.push(b);
+    }
+    Ok(g.contrib_op(
+        "SkipLayerNormalization",
+        &inputs,
+        vec![crate::onnx::AttributeProto::float("epsilon", eps as f32)],
+    ))
+}

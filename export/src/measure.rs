@@ -1,0 +1,108 @@
+//! Measurements recorded in the manifest: the latency of a reference batch per
+//! configuration and, given judged data, dev nDCG@10 and MRR@10, both through ONNX
+//! Runtime (what serving runs).
+
+use std::io::Write;
+use std::time::Instant;
+
+use models::{EncodedPair, PaddedBatch, Runtime};
+use trainer::data::{Qrels, QueryCandidates};
+use trainer::eval::ConfigQuality;
+use trainer::metrics::{mrr_at_k, ndcg_at_k, rank_by_score};
+
+use crate::error::Result;
+
+/// Pairs per reference batch.
+pub const REFERENCE_BATCH: usize = 32;
+
+/// A batch of `REFERENCE_BATCH` pairs at the manifest's reference lengths (query and
+/// passage made of repeated ordinary words, so every token is a real one).
+pub fn reference_batch(runtime: &Runtime) -> Result<PaddedBatch> {
+    let lengths = &runtime.manifest.reference_lengths;
+    let query = vec!["river"; lengths.query].join(" ");
+    let passage = vec!["water"; lengths.passage].join(" ");
+    let pair = runtime.encoder.encode(&query, &passage, None)?;
+    let pairs: Vec<EncodedPair> = vec![pair; REFERENCE_BATCH];
+    Ok(PaddedBatch::new(&pairs, runtime.encoder.pad_id))
+}
+
+/// Median milliseconds of `runs` timed runs (after one warm-up) of the reference batch.
+pub fn reference_latency(runtime: &Runtime, id: &str, runs: usize) -> Result<f64> {
+    let batch = reference_batch(runtime)?;
+    runtime.run(id, &batch)?;
+    let mut times: Vec<f64> = (0..runs.max(1))
+        .map(|_| {
+            let t = Instant::now();
+            runtime
+                .run(id, &batch)
+                .map(|_| t.elapsed().as_secs_f64() * 1e3)
+        })
+        .collect::<models::Result<_>>()?;
+    times.sort_by(f64::total_cmp);
+    Ok(times[times.len() / 2])
+}
+
+/// nDCG@10 and MRR@10 of each loaded configuration in `ids` (queries without
+/// judgments skipped), scored through ONNX Runtime.
+pub fn evaluate_runtime(
+    runtime: &Runtime,
+    queries: &[QueryCandidates],
+    qrels: &Qrels,
+    ids: &[String],
+    token_budget: usize,
+    progress: bool,
+) -> Result<Vec<ConfigQuality>> {
+    let judged: Vec<&QueryCandidates> = queries
+        .iter()
+        .filter(|q| qrels.by_query.contains_key(&q.qid))
+        .collect();
+    let mut ndcg = vec![0.0; ids.len()];
+    let mut mrr = vec![0.0; ids.len()];
+    let start = Instant::now();
+    let mut done = 0usize;
+    for (qi, q) in judged.iter().enumerate() {
+        let judgments = &qrels.by_query[&q.qid];
+        let pairs = q
+            .candidates
+            .iter()
+            .map(|c| runtime.encoder.encode(&q.query, &c.text, None))
+            .collect::<models::Result<Vec<_>>>()?;
+        let docids: Vec<&str> = q.candidates.iter().map(|c| c.docid.as_str()).collect();
+        for (i, id) in ids.iter().enumerate() {
+            let scores = runtime.score_pairs(id, &pairs, token_budget)?;
+            let ranking = rank_by_score(&docids, &scores);
+            ndcg[i] += ndcg_at_k(&ranking, judgments, 10);
+            mrr[i] += mrr_at_k(&ranking, judgments, 10, 2);
+            done += pairs.len();
+        }
+        if progress {
+            let secs = start.elapsed().as_secs_f64();
+            eprint!(
+                "\reval (onnx): query {}/{} · {} configs · {:.0} pairs/s · {:.0}s   ",
+                qi + 1,
+                judged.len(),
+                ids.len(),
+                done as f64 / secs.max(1e-9),
+                secs
+            );
+            let _ = std::io::stderr().flush();
+        }
+    }
+    if progress {
+        eprintln!();
+    }
+    let n = judged.len().max(1) as f64;
+    Ok(ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| ConfigQuality {
+            id: id.clone(),
+            ndcg10: ndcg[i] / n,
+            mrr10: mrr[i] / n,
+            flops_ratio: runtime
+                .config(id)
+                .map(|c| c.entry.flops_ratio)
+                .unwrap_or(f64::NAN),
+        })
+        .collect())
+}

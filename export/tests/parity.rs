@@ -1,0 +1,233 @@
+//! ONNX Runtime scores of exported graphs against the trainer's candle forward, for every
+//! family fixture and every configuration of its space, with random adapters (stage 1
+//! folded, two vertical buckets, a horizontal set per ratio) so every branch matters.
+
+use std::path::{Path, PathBuf};
+
+use candle_core::{Device, Tensor};
+use export::{export_with, ExportRequest};
+use models::runtime::RuntimeOptions;
+use models::{
+    Checkpoint, EncodedPair, PaddedBatch, PairEncoder, Runtime, SubStructure, SubStructureSpace,
+};
+use trainer::adapters::Adapters;
+use trainer::reranker::Reranker;
+use trainer::{load_backbone, Readout};
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../fixtures")
+        .join(name)
+}
+
+const RANK: usize = 4;
+
+/// Random adapters for `checkpoint`: heads, `sd`, `v{..}` buckets and `h{r}` sets.
+fn random_adapters(
+    checkpoint: &Checkpoint,
+    readout: Readout,
+    merge_mode: &str,
+    space: &SubStructureSpace,
+) -> Adapters {
+    let device = Device::Cpu;
+    let dims = checkpoint.config.dimensions();
+    let arch = checkpoint.config.variant_name();
+    let mut backbone = load_backbone(checkpoint, &device).unwrap();
+    let mut a = Adapters::untrained(arch, &dims, space.min_depth, readout, 1.0, &device).unwrap();
+    a.meta.rank = RANK;
+    a.meta.alpha = 2.0 * RANK as f64;
+    a.meta.merge_mode = merge_mode.into();
+    let mid = (space.min_depth + dims.num_layers) / 2;
+    a.meta.depth_buckets = vec![(space.min_depth, mid), (mid + 1, dims.num_layers)];
+    for head in a.heads.by_depth.values_mut() {
+        head.weight = Tensor::randn(0f32, 1.0, (1, dims.hidden_size), &device).unwrap();
+        head.bias = Some(Tensor::randn(0f32, 1.0, 1, &device).unwrap());
+    }
+    let mut sets = vec!["sd".to_string()];
+    sets.extend(
+        a.meta
+            .depth_buckets
+            .iter()
+            .map(|(f, t)| format!("v{f}-{t}")),
+    );
+    sets.extend(space.ratios.iter().map(|r| format!("h{r}")));
+    for set in sets {
+        let mut loras = trainer::adapters::LoraSet::new();
+        for (layer, name, lin) in backbone.projections_mut() {
+            let ai = Tensor::randn(0f32, 0.1, (RANK, lin.in_dim()), &device).unwrap();
+            let bi = Tensor::randn(0f32, 0.1, (lin.out_dim(), RANK), &device).unwrap();
+            loras.insert((layer, name.to_string()), (ai, bi));
+        }
+        a.sets.insert(set, loras);
+    }
+    a
+}
+
+fn texts() -> (Vec<&'static str>, &'static str) {
+    (
+        vec![
+            "the river flows into the sea near the old harbour town",
+            "short passage",
+            "a considerably longer passage about weather, tides and boats that sail between the islands every summer morning when winds allow",
+            "what is the capital of france? paris is the capital",
+            "x",
+        ],
+        "where does the river meet the sea",
+    )
+}
+
+fn check_family(name: &str, readout: Readout, merge_mode: &str) -> tempfile::TempDir {
+    let dir = fixture(name);
+    let checkpoint = Checkpoint::open(&dir).unwrap();
+    let dims = checkpoint.config.dimensions();
+    let space = SubStructureSpace::default_for(dims.num_layers);
+    let adapters = random_adapters(&checkpoint, readout, merge_mode, &space);
+    let mut configs = space.enumerate();
+    configs.sort_by_key(|s| s.id(dims.num_layers));
+    configs.dedup();
+    let out = tempfile::tempdir().unwrap();
+    let max_length = 64;
+    export_with(
+        &checkpoint,
+        &adapters,
+        &ExportRequest {
+            model_dir: &dir,
+            adapters: None,
+            configs: configs.clone(),
+            out: out.path(),
+            merge_adapters: false,
+            max_length,
+        },
+    )
+    .unwrap();
+    let runtime = Runtime::load(
+        out.path(),
+        &RuntimeOptions {
+            intra_threads: 1,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+
+    let mut backbone = load_backbone(&checkpoint, &Device::Cpu).unwrap();
+    adapters.merge_set_into("sd", backbone.as_mut()).unwrap();
+    let encoder = PairEncoder::new(&checkpoint, max_length).unwrap();
+    let mut reranker = Reranker::from_parts(
+        backbone,
+        dims.clone(),
+        adapters,
+        encoder,
+        name.into(),
+        &Device::Cpu,
+    );
+    let (passages, query) = texts();
+    let pairs: Vec<EncodedPair> = passages
+        .iter()
+        .map(|p| reranker.encoder.encode(query, p, None).unwrap())
+        .collect();
+    let batch = PaddedBatch::new(&pairs, reranker.encoder.pad_id);
+    let mut worst = (0.0f32, String::new());
+    for sub in &configs {
+        let id = sub.id(dims.num_layers);
+        // candle reference: each pair alone (no padding at all).
+        let expected: Vec<f32> = pairs
+            .iter()
+            .map(|p| {
+                reranker
+                    .score_pairs(std::slice::from_ref(p), sub, 1 << 20)
+                    .unwrap()[0]
+            })
+            .collect();
+        let got = runtime.run(&id, &batch).unwrap();
+        let scale = expected.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-6);
+        let err = expected
+            .iter()
+            .zip(&got)
+            .fold(0f32, |m, (a, b)| m.max((a - b).abs()))
+            / scale;
+        assert!(
+            err <= 1e-4,
+            "{name} {id}: onnx {got:?} vs candle {expected:?} (relative error {err:e})"
+        );
+        if err > worst.0 {
+            worst = (err, id.clone());
+        }
+        // Batch invariance: each row alone scores what it scored in the padded batch.
+        for (k, p) in pairs.iter().enumerate().step_by(2) {
+            let alone = runtime
+                .run(
+                    &id,
+                    &PaddedBatch::new(std::slice::from_ref(p), reranker.encoder.pad_id),
+                )
+                .unwrap()[0];
+            assert!(
+                (alone - got[k]).abs() <= 1e-4 * scale,
+                "{name} {id}: row {k} scores {alone} alone but {} in a batch",
+                got[k]
+            );
+        }
+    }
+    eprintln!(
+        "{name}: {} configurations, worst relative error {:e} ({})",
+        configs.len(),
+        worst.0,
+        worst.1
+    );
+    let _ = SubStructure::full(dims.num_layers);
+    out
+}
+
+/// `onnx.checker.check_model(full_check=True)` on every graph (the set-up script puts
+/// onnx in `.cache/pyenv`).
+fn onnx_checker(dirs: &[&Path]) {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let python = root.join(".cache/pyenv/bin/python");
+    assert!(
+        python.exists(),
+        "{} missing: run `make setup` (scripts/setup.sh installs the onnx checker)",
+        python.display()
+    );
+    let out = std::process::Command::new(&python)
+        .arg(root.join("fixtures/check_onnx.py"))
+        .args(dirs)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "onnx.checker failed:\n{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains(" 0 failed"), "{text}");
+}
+
+#[test]
+fn onnx_parity_bert() {
+    let a = check_family("tiny-bert", Readout::SpanProduct, "attention");
+    let b = check_family("tiny-bert", Readout::ScoringPosition, "uniform");
+    onnx_checker(&[a.path(), b.path()]);
+}
+
+#[test]
+fn onnx_parity_llama() {
+    let d = check_family("tiny-llama", Readout::ScoringPosition, "attention");
+    onnx_checker(&[d.path()]);
+}
+
+#[test]
+fn onnx_parity_mistral() {
+    let d = check_family("tiny-mistral", Readout::Mean, "attention");
+    onnx_checker(&[d.path()]);
+}
+
+#[test]
+fn onnx_parity_qwen2() {
+    let d = check_family("tiny-qwen2", Readout::SpanProduct, "attention");
+    onnx_checker(&[d.path()]);
+}
+
+#[test]
+fn onnx_parity_gemma2() {
+    let d = check_family("tiny-gemma2", Readout::ScoringPosition, "attention");
+    onnx_checker(&[d.path()]);
+}

@@ -1,0 +1,370 @@
+//! ONNX Runtime execution of an export directory: one session per configuration, the
+//! shared base weights handed to every session from one buffer (`AddInitializer`) with
+//! one pre-packed weights container, so N loaded configurations cost little more memory
+//! than one.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use ort::environment::Environment;
+use ort::session::builder::{GraphOptimizationLevel, PrepackedWeights};
+use ort::session::Session;
+use ort::value::{DynValue, Tensor};
+
+use crate::encoding::{EncodedPair, PaddedBatch, PairEncoder, DEFAULT_PROMPT};
+use crate::error::{ModelsError, Result};
+use crate::families::ModelConfig;
+use crate::manifest::{ConfigEntry, Manifest};
+
+/// The environment variable naming the ONNX Runtime shared library.
+pub const ORT_DYLIB_ENV: &str = "ORT_DYLIB_PATH";
+
+const SETUP_HINT: &str = "run `make setup` (scripts/setup.sh downloads onnxruntime==1.31.1 from PyPI into .cache/) and set ORT_DYLIB_PATH=.cache/onnxruntime-1.31.1/libonnxruntime.so.1.31.1";
+
+static ORT_ENV: OnceLock<std::result::Result<Environment, String>> = OnceLock::new();
+
+/// Loads the ONNX Runtime library once per process, from `ORT_DYLIB_PATH`, with one
+/// intra-op thread pool of `threads` threads (0 = one per core) that every session
+/// shares: sessions then carry no threads of their own, so loading many configurations
+/// costs little, and they never oversubscribe the cores between them. The first call
+/// fixes the thread count for the process.
+pub fn init_onnxruntime(threads: usize) -> Result<&'static Environment> {
+    ORT_ENV
+        .get_or_init(|| {
+            let path = std::env::var_os(ORT_DYLIB_ENV).ok_or_else(|| {
+                format!("ONNX Runtime library not configured: {ORT_DYLIB_ENV} is not set; {SETUP_HINT}")
+            })?;
+            let path = PathBuf::from(path);
+            if !path.is_file() {
+                return Err(format!(
+                    "ONNX Runtime library not found at {} ({ORT_DYLIB_ENV}); {SETUP_HINT}",
+                    path.display()
+                ));
+            }
+            let builder = ort::init_from(&path).map_err(|e| {
+                format!("cannot use the ONNX Runtime library at {}: {e}; mrank needs onnxruntime 1.31 or newer: {SETUP_HINT}", path.display())
+            })?;
+            let pool = ort::environment::GlobalThreadPoolOptions::default()
+                .with_intra_threads(threads)
+                .and_then(|p| p.with_inter_threads(1))
+                .map_err(|e| format!("ONNX Runtime thread pool: {e}"))?;
+            builder
+                .with_name("mrank")
+                .with_global_thread_pool(pool)
+                .build()
+                .map_err(|e| format!("ONNX Runtime failed to start: {e}"))
+        })
+        .as_ref()
+        .map_err(|e| ModelsError::Runtime(e.clone()))
+}
+
+/// How sessions are built.
+#[derive(Debug, Clone)]
+pub struct RuntimeOptions {
+    /// Intra-op threads of the process-wide pool every session shares (0 = one per
+    /// core); the first runtime loaded in a process fixes it.
+    pub intra_threads: usize,
+    /// Load only these configuration ids (all when `None`).
+    pub configs: Option<Vec<String>>,
+    /// Share base weights between sessions (off only to measure what sharing saves).
+    pub share_weights: bool,
+    /// Use the CUDA execution provider (needs the `cuda` feature and onnxruntime-gpu).
+    pub cuda: bool,
+}
+
+impl Default for RuntimeOptions {
+    fn default() -> Self {
+        RuntimeOptions {
+            intra_threads: 0,
+            configs: None,
+            share_weights: true,
+            cuda: false,
+        }
+    }
+}
+
+pub struct LoadedConfig {
+    pub entry: ConfigEntry,
+    session: Mutex<Session>,
+}
+
+/// A loaded export directory.
+pub struct Runtime {
+    pub dir: PathBuf,
+    pub manifest: Manifest,
+    pub encoder: PairEncoder,
+    pub configs: Vec<LoadedConfig>,
+    needs_types: bool,
+    needs_query_span: bool,
+}
+
+fn ort_err(context: &str) -> impl Fn(ort::Error) -> ModelsError + '_ {
+    move |e| ModelsError::Runtime(format!("{context}: {e}"))
+}
+
+impl Runtime {
+    pub fn load(dir: &Path, options: &RuntimeOptions) -> Result<Self> {
+        let env = init_onnxruntime(options.intra_threads)?;
+        let manifest = Manifest::read(dir)?;
+        let config_path = dir.join(&manifest.model_config);
+        let model_config = ModelConfig::from_file(&config_path)?;
+        let tokenizer =
+            crate::checkpoint::load_tokenizer(&dir.join(&manifest.tokenizer), &model_config)?;
+        let encoder = PairEncoder::from_parts(
+            tokenizer,
+            &model_config,
+            manifest.max_length,
+            DEFAULT_PROMPT,
+        )?;
+        if let Some(wanted) = &options.configs {
+            for id in wanted {
+                if manifest.config(id).is_none() {
+                    return Err(ModelsError::Manifest {
+                        path: dir.join(crate::manifest::MANIFEST_FILE),
+                        message: format!(
+                            "no configuration {id:?}; it has {}",
+                            manifest
+                                .configs
+                                .iter()
+                                .map(|c| c.id.as_str())
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        ),
+                    });
+                }
+            }
+        }
+        let shared = if options.share_weights {
+            let used: std::collections::BTreeSet<&str> = manifest
+                .configs
+                .iter()
+                .filter(|c| options.configs.as_ref().is_none_or(|w| w.contains(&c.id)))
+                .flat_map(|c| c.shared.iter().map(String::as_str))
+                .collect();
+            load_shared(dir, &manifest, &used)?
+        } else {
+            Vec::new()
+        };
+        let prepacked = PrepackedWeights::new();
+        let mut configs = Vec::new();
+        for entry in &manifest.configs {
+            if let Some(wanted) = &options.configs {
+                if !wanted.contains(&entry.id) {
+                    continue;
+                }
+            }
+            let graph = dir.join(&entry.graph);
+            if !graph.is_file() {
+                return Err(ModelsError::Manifest {
+                    path: dir.join(crate::manifest::MANIFEST_FILE),
+                    message: format!(
+                        "configuration {} names graph {}, which does not exist; export again",
+                        entry.id,
+                        graph.display()
+                    ),
+                });
+            }
+            let session = build_session(env, &graph, entry, &shared, &prepacked, options)
+                .map_err(|e| ModelsError::Runtime(format!("{}: {e}", graph.display())))?;
+            let names: Vec<String> = session
+                .inputs()
+                .iter()
+                .map(|i| i.name().to_string())
+                .collect();
+            if names != manifest.inputs {
+                return Err(ModelsError::Manifest {
+                    path: graph,
+                    message: format!(
+                        "graph inputs are {names:?}, but a {} export takes {:?}; the graph does not belong to this manifest",
+                        manifest.family, manifest.inputs
+                    ),
+                });
+            }
+            configs.push(LoadedConfig {
+                entry: entry.clone(),
+                session: Mutex::new(session),
+            });
+        }
+        Ok(Runtime {
+            dir: dir.to_path_buf(),
+            needs_types: manifest.inputs.iter().any(|i| i == "token_type_ids"),
+            needs_query_span: manifest.inputs.iter().any(|i| i == "query_span"),
+            manifest,
+            encoder,
+            configs,
+        })
+    }
+
+    pub fn config(&self, id: &str) -> Option<&LoadedConfig> {
+        self.configs.iter().find(|c| c.entry.id == id)
+    }
+
+    pub fn config_ids(&self) -> Vec<String> {
+        self.configs.iter().map(|c| c.entry.id.clone()).collect()
+    }
+
+    /// Runs one padded batch under configuration `id`: one score per row.
+    pub fn run(&self, id: &str, batch: &PaddedBatch) -> Result<Vec<f32>> {
+        let config = self.config(id).ok_or_else(|| {
+            ModelsError::Runtime(format!(
+                "configuration {id:?} is not loaded (loaded: {})",
+                self.config_ids().join(", ")
+            ))
+        })?;
+        let (b, t) = (batch.batch_size, batch.seq_len);
+        let to_i64 = |v: &[u32]| v.iter().map(|&x| x as i64).collect::<Vec<i64>>();
+        let shape = vec![b as i64, t as i64];
+        let tensor = |data: Vec<i64>, shape: Vec<i64>| -> Result<DynValue> {
+            Ok(Tensor::from_array((shape, data))
+                .map_err(ort_err("input tensor"))?
+                .into_dyn())
+        };
+        let mut inputs: Vec<(String, DynValue)> = vec![
+            (
+                "input_ids".into(),
+                tensor(to_i64(&batch.input_ids), shape.clone())?,
+            ),
+            (
+                "attention_mask".into(),
+                tensor(to_i64(&batch.attention_mask()), shape.clone())?,
+            ),
+        ];
+        if self.needs_types {
+            inputs.push((
+                "token_type_ids".into(),
+                tensor(to_i64(&batch.token_type_ids), shape.clone())?,
+            ));
+        }
+        let spans = |spans: &[crate::Span]| -> Vec<i64> {
+            spans
+                .iter()
+                .flat_map(|s| [s.start as i64, s.end() as i64])
+                .collect()
+        };
+        inputs.push((
+            "passage_span".into(),
+            tensor(spans(&batch.passage), vec![b as i64, 2])?,
+        ));
+        if self.needs_query_span {
+            inputs.push((
+                "query_span".into(),
+                tensor(spans(&batch.query), vec![b as i64, 2])?,
+            ));
+        }
+        let mut session = config
+            .session
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let outputs = session
+            .run(inputs)
+            .map_err(ort_err(&format!("running configuration {id}")))?;
+        let (_, scores) = outputs["scores"]
+            .try_extract_tensor::<f32>()
+            .map_err(ort_err("reading scores"))?;
+        Ok(scores.to_vec())
+    }
+
+    /// Scores encoded pairs under `id` in token-budget batches sorted by length.
+    pub fn score_pairs(
+        &self,
+        id: &str,
+        pairs: &[EncodedPair],
+        token_budget: usize,
+    ) -> Result<Vec<f32>> {
+        let mut out = vec![0f32; pairs.len()];
+        for batch in crate::encoding::token_budget_batches(pairs, token_budget) {
+            let chunk: Vec<EncodedPair> = batch.iter().map(|&i| pairs[i].clone()).collect();
+            let padded = PaddedBatch::new(&chunk, self.encoder.pad_id);
+            let scores = self.run(id, &padded)?;
+            for (k, &i) in batch.iter().enumerate() {
+                out[i] = scores[k];
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Reads the shared weights file once into ONNX Runtime tensors.
+fn load_shared(
+    dir: &Path,
+    manifest: &Manifest,
+    used: &std::collections::BTreeSet<&str>,
+) -> Result<Vec<(String, Arc<DynValue>)>> {
+    let Some(shared) = &manifest.shared_weights else {
+        return Ok(Vec::new());
+    };
+    let path = dir.join(&shared.file);
+    let bytes = std::fs::read(&path).map_err(|e| ModelsError::Manifest {
+        path: path.clone(),
+        message: format!("cannot read the shared weights: {e}"),
+    })?;
+    let mut out = Vec::with_capacity(shared.tensors.len());
+    for t in shared
+        .tensors
+        .iter()
+        .filter(|t| used.contains(t.name.as_str()))
+    {
+        let end = t.offset + t.length;
+        if end > bytes.len() || t.length != t.shape.iter().product::<usize>() * 4 {
+            return Err(ModelsError::Manifest {
+                path: path.clone(),
+                message: format!(
+                    "tensor {} at bytes {}..{} does not fit the file ({} bytes) or its shape {:?}; export again",
+                    t.name,
+                    t.offset,
+                    end,
+                    bytes.len(),
+                    t.shape
+                ),
+            });
+        }
+        let data: Vec<f32> = bytes[t.offset..end]
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
+        let shape: Vec<i64> = t.shape.iter().map(|&d| d as i64).collect();
+        let value = Tensor::from_array((shape, data))
+            .map_err(ort_err(&format!("shared weight {}", t.name)))?
+            .into_dyn();
+        out.push((t.name.clone(), Arc::new(value)));
+    }
+    Ok(out)
+}
+
+fn build_session(
+    env: &Environment,
+    graph: &Path,
+    entry: &ConfigEntry,
+    shared: &[(String, Arc<DynValue>)],
+    prepacked: &PrepackedWeights,
+    options: &RuntimeOptions,
+) -> ort::Result<Session> {
+    let mut builder = Session::builder(env)?
+        .with_optimization_level(GraphOptimizationLevel::Level3)?
+        .with_prepacked_weights(prepacked)?;
+    if options.cuda {
+        builder = with_cuda(builder)?;
+    }
+    for (name, value) in shared {
+        if entry.shared.contains(name) {
+            builder = builder.with_initializer(name, value.clone())?;
+        }
+    }
+    builder.commit_from_file(graph)
+}
+
+#[cfg(feature = "cuda")]
+fn with_cuda(
+    builder: ort::session::builder::SessionBuilder,
+) -> ort::Result<ort::session::builder::SessionBuilder> {
+    Ok(builder.with_execution_providers([ort::ep::CUDA::default().build().error_on_failure()])?)
+}
+
+#[cfg(not(feature = "cuda"))]
+fn with_cuda(
+    _: ort::session::builder::SessionBuilder,
+) -> ort::Result<ort::session::builder::SessionBuilder> {
+    Err(ort::Error::new(
+        "this mrank was built without the `cuda` feature; rebuild with `--features cuda`",
+    ))
+}
