@@ -9,11 +9,12 @@ export ORT_DYLIB_PATH ?= $(CACHE)/onnxruntime-1.31.1/libonnxruntime.so.1.31.1
 setup:
 	@MRANK_CACHE=$(CACHE) scripts/setup.sh >/dev/null
 
-# Until the HTTP server lands, this describes the embedded default model.
+# The re-ranking service on the embedded default model (exported on first start).
 serve: setup
-	cargo run --release --bin mrank -- inspect
+	cargo run --release --bin mrank -- serve
 
 test: setup
 	cargo fmt --all --check
 	cargo clippy --workspace --all-targets -- -D warnings
 	cargo test --workspace
+	scripts/test_prometheus.sh

@@ -6,6 +6,8 @@ mod eval;
 mod export;
 mod inspect;
 mod model_args;
+mod replay_cmd;
+mod serve;
 mod train;
 
 use std::path::PathBuf;
@@ -26,6 +28,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Serve POST /rerank (TEI and Cohere/Jina shapes) with an adaptive scheduler that
+    /// holds a latency target.
+    Serve(serve::ServeArgs),
     /// Describe a checkpoint: family, sizes, and the sub-structure space with the FLOPs of
     /// each configuration relative to the full model.
     Inspect(inspect::InspectArgs),
@@ -35,6 +40,9 @@ enum Command {
     Train(train::TrainArgs),
     /// Write one ONNX graph per configuration plus manifest.json (cost and quality).
     Export(export::ExportArgs),
+    /// Send real DL19 queries to a running server under a load profile and report
+    /// latency per second, refusals and the quality of what was served.
+    Replay(replay_cmd::ReplayArgs),
     /// Throughput (pairs/s) of each exported configuration on real pairs, beside a peer
     /// ONNX graph run by the same ONNX Runtime.
     Bench(bench::BenchArgs),
@@ -52,11 +60,13 @@ pub fn default_model_dir() -> PathBuf {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Serve(args) => serve::run(args),
         Command::Inspect(args) => inspect::run(args),
         Command::Eval(args) => eval::run(args),
         Command::Train(args) => train::run(args),
         Command::Export(args) => export::run(args),
         Command::Bench(args) => bench::run(args),
+        Command::Replay(args) => replay_cmd::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -190,6 +190,18 @@ impl PairEncoder {
         passage: &str,
         max_passage_tokens: Option<usize>,
     ) -> Result<EncodedPair> {
+        self.encode_truncating(query, passage, max_passage_tokens, false)
+    }
+
+    /// As `encode`; a passage over its budget loses its start instead of its end when
+    /// `keep_end` (TEI's `truncation_direction: "left"`).
+    pub fn encode_truncating(
+        &self,
+        query: &str,
+        passage: &str,
+        max_passage_tokens: Option<usize>,
+        keep_end: bool,
+    ) -> Result<EncodedPair> {
         let (mut q, mut p) = match &self.template {
             Template::Bert { .. } => (self.tokens(query)?, self.tokens(passage)?),
             Template::Decoder { .. } => (
@@ -206,7 +218,11 @@ impl PairEncoder {
         }
         let passage_cap = (budget - q.len()).min(max_passage_tokens.unwrap_or(usize::MAX));
         if p.len() > passage_cap {
-            p.truncate(passage_cap);
+            if keep_end {
+                p.drain(..p.len() - passage_cap);
+            } else {
+                p.truncate(passage_cap);
+            }
             truncated = true;
         }
         let mut ids = Vec::with_capacity(q.len() + p.len() + self.template_tokens());

@@ -1,0 +1,702 @@
+//! `mrank serve`: the HTTP re-ranking service. Routes, validation and error mapping
+//! live here; admission, configuration choice and batching are the scheduler's; the
+//! model math is the runtime's.
+
+mod body;
+mod docs;
+mod engine;
+mod error;
+pub mod log;
+mod metrics;
+mod otlp;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use models::runtime::RuntimeOptions;
+use models::Runtime;
+use scheduler::{Choice, ConfigInfo, LatencyModel, Rejection, Scheduler, SchedulerConfig};
+
+use body::{Limits, RerankRequest, Shape};
+use engine::Engine;
+use error::ApiError;
+use metrics::Metrics;
+use otlp::{now_ns, SpanData, Tracer};
+
+#[derive(clap::Args, Clone)]
+pub struct ServeArgs {
+    /// Export directory (manifest.json from `mrank export`). Default: the embedded
+    /// default model, exported on first start into the set-up cache.
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    #[arg(long, default_value = "0.0.0.0:8080")]
+    pub addr: SocketAddr,
+    /// Latency target (ms) for requests without `deadline_ms`: `auto` picks the best
+    /// configuration predicted to answer within it.
+    #[arg(long, default_value_t = 3000.0)]
+    pub slo_ms: f64,
+    /// Documents per request (at most 10000).
+    #[arg(long, default_value_t = 1000)]
+    pub max_documents: usize,
+    /// Request body limit in bytes.
+    #[arg(long, default_value_t = 16 * 1024 * 1024)]
+    pub max_body_bytes: usize,
+    /// Padded tokens per inference batch.
+    #[arg(long, default_value_t = 2048)]
+    pub batch_tokens: usize,
+    /// Bound on queued tokens; beyond it requests get 429.
+    #[arg(long, default_value_t = 2_000_000)]
+    pub max_queued_tokens: usize,
+    /// ONNX Runtime intra-op threads (0 = one per core).
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
+    /// Require `Authorization: Bearer <key>` on every route but health, readiness,
+    /// metrics and docs.
+    #[arg(long, env = "MRANK_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+    /// Allow cross-origin requests from this origin (repeatable; `*` for any). CORS is
+    /// off by default.
+    #[arg(long)]
+    pub cors_origin: Vec<String>,
+    /// `plain` or `json` logs on stderr.
+    #[arg(long, default_value = "plain")]
+    pub log_format: String,
+    /// Configurations to load (comma-separated ids; default: every one in the manifest).
+    #[arg(long)]
+    pub configs: Option<String>,
+}
+
+pub struct App {
+    engine: Arc<Engine>,
+    metrics: Arc<Metrics>,
+    tracer: Tracer,
+    args: ServeArgs,
+    ready: AtomicBool,
+    model_name: String,
+    started: Instant,
+}
+
+type Shared = Arc<App>;
+
+pub fn run(args: ServeArgs) -> Result<()> {
+    if args.max_documents == 0 || args.max_documents > 10_000 {
+        bail!(
+            "--max-documents must be between 1 and 10000, got {}",
+            args.max_documents
+        );
+    }
+    if args.slo_ms <= 0.0 {
+        bail!("--slo-ms must be positive");
+    }
+    match args.log_format.as_str() {
+        "plain" => {}
+        "json" => log::set_json(true),
+        other => bail!("--log-format must be plain or json, got {other:?}"),
+    }
+    let dir = match &args.model {
+        Some(d) => d.clone(),
+        None => crate::default_export::ensure()?,
+    };
+    if !dir.join(models::manifest::MANIFEST_FILE).is_file() {
+        bail!(
+            "{}: no manifest.json; serve an export directory (`mrank export --model {} --out DIR`)",
+            dir.display(),
+            dir.display()
+        );
+    }
+    let runtime = Runtime::load(
+        &dir,
+        &RuntimeOptions {
+            intra_threads: args.threads,
+            configs: args
+                .configs
+                .as_ref()
+                .map(|c| c.split(',').map(|s| s.trim().to_string()).collect()),
+            ..Default::default()
+        },
+    )?;
+    let ladder: Vec<ConfigInfo> = runtime
+        .configs
+        .iter()
+        .map(|c| {
+            let e = &c.entry;
+            let m = &runtime.manifest.reference_lengths;
+            let reference_tokens = export::measure::REFERENCE_BATCH * (m.query + m.passage + 3);
+            ConfigInfo {
+                id: e.id.clone(),
+                quality: e.ndcg_at_10.unwrap_or(e.flops_ratio),
+                latency: match e.latency_ms {
+                    Some(ms) => LatencyModel::from_reference(ms / 1000.0, reference_tokens),
+                    None => LatencyModel::new(0.002, 250e-6 * e.flops_ratio),
+                },
+            }
+        })
+        .collect();
+    let settings = SchedulerConfig {
+        slo_target_s: args.slo_ms / 1000.0,
+        token_budget: args.batch_tokens,
+        max_queued_tokens: args.max_queued_tokens,
+        ..Default::default()
+    };
+    let metrics = Arc::new(Metrics::new(settings.slo_target_s));
+    let scheduler = Scheduler::new(ladder, settings);
+    let ladder_ids: Vec<String> = scheduler.configs.iter().map(|c| c.id.clone()).collect();
+    let model_name = format!("mrank-{}", runtime.manifest.architecture);
+    let runtime = Arc::new(runtime);
+    let tokio = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    tokio.block_on(async move {
+        let tracer = Tracer::from_env().map_err(anyhow::Error::msg)?;
+        let engine = Engine::new(runtime.clone(), scheduler, metrics.clone());
+        let app = Arc::new(App {
+            engine,
+            metrics,
+            tracer,
+            args: args.clone(),
+            ready: AtomicBool::new(false),
+            model_name,
+            started: Instant::now(),
+        });
+        let router = router(app.clone())?;
+        let listener = tokio::net::TcpListener::bind(args.addr)
+            .await
+            .with_context(|| format!("cannot listen on {}", args.addr))?;
+        log::info(&format!(
+            "serving {} from {} on http://{} (SLO {} ms; quality ladder {}; {} max documents; traces {})",
+            app.model_name,
+            dir.display(),
+            listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+            args.slo_ms,
+            ladder_ids.join(" > "),
+            args.max_documents,
+            if app.tracer.enabled() { "on" } else { "off" }
+        ));
+        app.ready.store(true, Ordering::SeqCst);
+        let shutdown_app = app.clone();
+        axum::serve(listener, router)
+            .with_graceful_shutdown(async move {
+                shutdown_signal().await;
+                shutdown_app.ready.store(false, Ordering::SeqCst);
+                log::info("shutting down: no new connections; answering accepted requests");
+            })
+            .await
+            .context("server failed")?;
+        app.engine.stop();
+        while !app.engine.idle() {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        log::info("stopped");
+        anyhow::Ok(())
+    })
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}
+
+fn router(app: Shared) -> Result<Router> {
+    let mut router = Router::new()
+        .route("/rerank", post(rerank_detect))
+        .route("/v1/rerank", post(rerank_cohere))
+        .route("/v2/rerank", post(rerank_cohere))
+        .route("/info", get(info))
+        .route("/configs", get(configs))
+        .route_layer(axum::middleware::from_fn_with_state(app.clone(), auth))
+        .route("/health", get(health))
+        .route("/ready", get(ready))
+        .route("/metrics", get(metrics_route))
+        .route("/openapi.json", get(|| async { Json(docs::openapi()) }))
+        .route("/docs", get(|| async { Html(docs::DOCS_PAGE) }))
+        .fallback(not_found)
+        .with_state(app.clone());
+    if !app.args.cors_origin.is_empty() {
+        use tower_http::cors::{AllowOrigin, CorsLayer};
+        let origins = &app.args.cors_origin;
+        let allow = if origins.iter().any(|o| o == "*") {
+            AllowOrigin::any()
+        } else {
+            let values = origins
+                .iter()
+                .map(|o| HeaderValue::from_str(o).with_context(|| format!("--cors-origin {o:?}")))
+                .collect::<Result<Vec<_>>>()?;
+            AllowOrigin::list(values)
+        };
+        router = router.layer(
+            CorsLayer::new()
+                .allow_origin(allow)
+                .allow_methods([axum::http::Method::GET, axum::http::Method::POST])
+                .allow_headers([
+                    axum::http::header::CONTENT_TYPE,
+                    axum::http::header::AUTHORIZATION,
+                ]),
+        );
+    }
+    Ok(router)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "not_found",
+        "no such route; see /docs",
+    )
+}
+
+async fn auth(State(app): State<Shared>, req: Request, next: axum::middleware::Next) -> Response {
+    if let Some(key) = &app.args.api_key {
+        let given = req
+            .headers()
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        if given != Some(key.as_str()) {
+            return ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "authentication_error",
+                "invalid_api_key",
+                "missing or wrong API key: send `Authorization: Bearer <key>`",
+            )
+            .into_response();
+        }
+    }
+    next.run(req).await
+}
+
+async fn health() -> Json<serde_json::Value> {
+    Json(serde_json::json!({"status": "ok"}))
+}
+
+async fn ready(State(app): State<Shared>) -> Response {
+    if app.ready.load(Ordering::SeqCst) {
+        Json(serde_json::json!({"status": "ready"})).into_response()
+    } else {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "not_ready",
+            "not ready (starting or shutting down)",
+        )
+        .into_response()
+    }
+}
+
+async fn info(State(app): State<Shared>) -> Json<serde_json::Value> {
+    let m = &app.engine.runtime.manifest;
+    Json(serde_json::json!({
+        "model": app.model_name,
+        "family": m.family,
+        "architecture": m.architecture,
+        "source": m.model,
+        "configs": app.engine.runtime.config_ids(),
+        "limits": {
+            "max_documents": app.args.max_documents,
+            "max_tokens_per_pair": m.max_length,
+            "max_body_bytes": app.args.max_body_bytes,
+            "batch_tokens": app.args.batch_tokens,
+            "max_queued_tokens": app.args.max_queued_tokens,
+        },
+        "slo_target_ms": app.args.slo_ms,
+        "auth": app.args.api_key.is_some(),
+        "version": env!("CARGO_PKG_VERSION"),
+        "uptime_s": app.started.elapsed().as_secs_f64(),
+    }))
+}
+
+async fn configs(State(app): State<Shared>) -> Json<serde_json::Value> {
+    let m = &app.engine.runtime.manifest;
+    let live: Vec<serde_json::Value> = app
+        .engine
+        .estimates()
+        .into_iter()
+        .map(|(id, predicted, per_batch, per_token)| {
+            serde_json::json!({
+                "id": id,
+                "predicted_ms_reference_request": predicted * 1000.0,
+                "per_batch_ms": per_batch * 1000.0,
+                "per_token_us": per_token * 1e6,
+            })
+        })
+        .collect();
+    let stats = app.engine.stats();
+    Json(serde_json::json!({
+        "manifest": m,
+        "ladder": live,
+        "reference_request": "60 pairs of 100 tokens",
+        "level": stats.level,
+        "degradation": stats.degradation,
+        "queue": {"requests": stats.queued_requests, "pairs": stats.queued_pairs, "tokens": stats.queued_tokens},
+    }))
+}
+
+async fn metrics_route(State(app): State<Shared>) -> Response {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        app.metrics.render(),
+    )
+        .into_response()
+}
+
+async fn rerank_detect(State(app): State<Shared>, headers: HeaderMap, body: Body) -> Response {
+    rerank(app, headers, body, None).await
+}
+
+async fn rerank_cohere(State(app): State<Shared>, headers: HeaderMap, body: Body) -> Response {
+    rerank(app, headers, body, Some(Shape::Cohere)).await
+}
+
+fn sigmoid(x: f32) -> f32 {
+    1.0 / (1.0 + (-x).exp())
+}
+
+fn ms(s: f64) -> String {
+    format!("{}", (s * 1000.0).round() as u64)
+}
+
+struct Timings {
+    tokenize_s: f64,
+    queue_s: f64,
+    inference_s: f64,
+}
+
+async fn rerank(app: Shared, headers: HeaderMap, body: Body, shape: Option<Shape>) -> Response {
+    let started = Instant::now();
+    let start_ns = now_ns();
+    let (trace_id, parent) = match headers
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .and_then(otlp::parse_traceparent)
+    {
+        Some((t, p)) => (t, Some(p)),
+        None => (otlp::new_trace_id(), None),
+    };
+    let request_span = otlp::new_span_id();
+    let result = rerank_inner(&app, body, shape, trace_id, request_span).await;
+    let seconds = started.elapsed().as_secs_f64();
+    let (response, config, status) = match result {
+        Ok((response, config)) => (response, config, 200),
+        Err(e) => {
+            let status = e.status.as_u16();
+            app.metrics.rejection(e.code);
+            (e.into_response(), String::new(), status)
+        }
+    };
+    app.metrics.request(&config, status, seconds);
+    app.tracer.record(SpanData {
+        trace_id,
+        span_id: request_span,
+        parent,
+        name: "request",
+        start_ns,
+        end_ns: now_ns(),
+        attributes: vec![
+            ("http.response.status_code", status.to_string()),
+            ("mrank.config", config),
+        ],
+        error: status >= 500,
+    });
+    response
+}
+
+async fn rerank_inner(
+    app: &Shared,
+    body: Body,
+    shape: Option<Shape>,
+    trace_id: [u8; 16],
+    request_span: [u8; 8],
+) -> Result<(Response, String), ApiError> {
+    let limit = app.args.max_body_bytes;
+    let bytes = axum::body::to_bytes(body, limit).await.map_err(|_| {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "invalid_request_error",
+            "body_too_large",
+            format!("request body over {limit} bytes (--max-body-bytes)"),
+        )
+    })?;
+    let req: RerankRequest = body::parse(
+        &bytes,
+        shape,
+        &Limits {
+            max_documents: app.args.max_documents,
+        },
+    )?;
+    let choice = match req.config.as_deref() {
+        None | Some("auto") => Choice::Auto,
+        Some(id) => {
+            if app.engine.runtime.config(id).is_none() {
+                return Err(ApiError::invalid(
+                    "config",
+                    "unknown_config",
+                    format!(
+                        "unknown configuration {id:?}; this server has auto, {}",
+                        app.engine.runtime.config_ids().join(", ")
+                    ),
+                ));
+            }
+            Choice::Pinned(id.to_string())
+        }
+    };
+    // Tokenize off the async threads.
+    let t0 = Instant::now();
+    let tok_start = now_ns();
+    let runtime = app.engine.runtime.clone();
+    let (query, documents, max_doc, left) = (
+        req.query.clone(),
+        req.documents.clone(),
+        req.max_tokens_per_doc,
+        req.truncate_left,
+    );
+    let pairs = tokio::task::spawn_blocking(move || {
+        documents
+            .iter()
+            .map(|d| runtime.encoder.encode_truncating(&query, d, max_doc, left))
+            .collect::<models::Result<Vec<_>>>()
+    })
+    .await
+    .map_err(|e| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "server_error",
+            "tokenizer_failed",
+            e.to_string(),
+        )
+    })?
+    .map_err(|e| ApiError::invalid("query", "encoding_failed", e.to_string()))?;
+    let tokenize_s = t0.elapsed().as_secs_f64();
+    app.tracer.record(SpanData {
+        trace_id,
+        span_id: otlp::new_span_id(),
+        parent: Some(request_span),
+        name: "tokenize",
+        start_ns: tok_start,
+        end_ns: now_ns(),
+        attributes: vec![("mrank.pairs", pairs.len().to_string())],
+        error: false,
+    });
+    let docs_field = if req.shape == Shape::Tei {
+        "texts"
+    } else {
+        "documents"
+    };
+    if !req.truncate {
+        if let Some(i) = pairs.iter().position(|p| p.truncated) {
+            return Err(ApiError::invalid(
+                &format!("{docs_field}[{i}]"),
+                "input_too_long",
+                format!("query and `{docs_field}[{i}]` exceed {} tokens; send `truncate: true` to cut the document", app.engine.runtime.manifest.max_length),
+            ));
+        }
+    }
+    let total_tokens: usize = pairs.iter().map(|p| p.len()).sum();
+    let deadline_s = req.deadline_ms.map(|ms| ms / 1000.0);
+    let queue_start = now_ns();
+    let (ticket, rx) = app
+        .engine
+        .submit(pairs, choice, deadline_s)
+        .map_err(|r| rejection(r, docs_field))?;
+    let finished = rx
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "shutting_down",
+                "the server stopped before answering",
+            )
+        })?
+        .map_err(|m| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "server_error",
+                "inference_failed",
+                m,
+            )
+        })?;
+    ticket.finish();
+    let infer_start = queue_start + (finished.queue_s * 1e9) as u64;
+    app.tracer.record(SpanData {
+        trace_id,
+        span_id: otlp::new_span_id(),
+        parent: Some(request_span),
+        name: "queue",
+        start_ns: queue_start,
+        end_ns: infer_start,
+        attributes: vec![],
+        error: false,
+    });
+    app.tracer.record(SpanData {
+        trace_id,
+        span_id: otlp::new_span_id(),
+        parent: Some(request_span),
+        name: "inference",
+        start_ns: infer_start,
+        end_ns: now_ns(),
+        attributes: vec![("mrank.config", finished.config.clone())],
+        error: false,
+    });
+    let timings = Timings {
+        tokenize_s,
+        queue_s: finished.queue_s,
+        inference_s: finished.inference_s,
+    };
+    let config = finished.config.clone();
+    Ok((respond(app, &req, finished, total_tokens, &timings), config))
+}
+
+fn rejection(r: Rejection, docs_field: &str) -> ApiError {
+    match r {
+        Rejection::Overloaded { retry_after_s } => {
+            let mut e = ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "overloaded",
+                "overloaded",
+                format!(
+                    "over capacity even at the cheapest configuration; retry in {:.1} s",
+                    retry_after_s
+                ),
+            );
+            e.retry_after_s = Some(retry_after_s.ceil().max(1.0) as u64);
+            e
+        }
+        Rejection::DeadlineUnmeetable {
+            predicted_s,
+            deadline_s,
+        } => {
+            let mut e = ApiError::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                "deadline_exceeded",
+                "deadline_unmeetable",
+                format!(
+                    "`deadline_ms` {:.0} cannot be met: the cheapest configuration is predicted to take {:.0} ms",
+                    deadline_s * 1000.0,
+                    predicted_s * 1000.0
+                ),
+            );
+            e.param = Some("deadline_ms".into());
+            e
+        }
+        Rejection::UnknownConfig(id) => ApiError::invalid(
+            "config",
+            "unknown_config",
+            format!("unknown configuration {id:?}"),
+        ),
+        Rejection::Empty => ApiError::invalid(
+            docs_field,
+            "empty_documents",
+            format!("`{docs_field}` is empty"),
+        ),
+    }
+}
+
+fn respond(
+    app: &Shared,
+    req: &RerankRequest,
+    finished: engine::Finished,
+    total_tokens: usize,
+    t: &Timings,
+) -> Response {
+    let mut order: Vec<usize> = (0..finished.scores.len()).collect();
+    order.sort_by(|&a, &b| finished.scores[b].total_cmp(&finished.scores[a]));
+    if let Some(n) = req.top_n {
+        order.truncate(n);
+    }
+    let body = match req.shape {
+        Shape::Tei => {
+            let items: Vec<serde_json::Value> = order
+                .iter()
+                .map(|&i| {
+                    let s = finished.scores[i];
+                    let mut v = serde_json::json!({
+                        "index": i,
+                        "score": if req.raw_scores { s } else { sigmoid(s) },
+                    });
+                    if req.return_documents {
+                        v["text"] = serde_json::Value::String(req.documents[i].clone());
+                    }
+                    v
+                })
+                .collect();
+            serde_json::Value::Array(items)
+        }
+        Shape::Cohere => {
+            let results: Vec<serde_json::Value> = order
+                .iter()
+                .map(|&i| {
+                    let mut v = serde_json::json!({"index": i, "relevance_score": sigmoid(finished.scores[i])});
+                    if req.return_documents {
+                        v["document"] = serde_json::json!({"text": req.documents[i]});
+                    }
+                    v
+                })
+                .collect();
+            let id: u128 = rand::random();
+            serde_json::json!({
+                "id": format!("{id:032x}"),
+                "model": req.model.clone().unwrap_or_else(|| app.model_name.clone()),
+                "results": results,
+                "usage": {"total_tokens": total_tokens},
+                "meta": {
+                    "config": finished.config,
+                    "queue_ms": t.queue_s * 1000.0,
+                    "inference_ms": t.inference_s * 1000.0,
+                    "tokenization_ms": t.tokenize_s * 1000.0,
+                },
+            })
+        }
+    };
+    let mut response = Json(body).into_response();
+    let h = response.headers_mut();
+    let chars: usize = req
+        .documents
+        .iter()
+        .map(|d| d.chars().count())
+        .sum::<usize>()
+        + req.query.chars().count();
+    let compute = t.tokenize_s + t.queue_s + t.inference_s;
+    for (k, v) in [
+        ("x-mrank-config", finished.config.clone()),
+        ("x-compute-type", "cpu".to_string()),
+        ("x-compute-time", ms(compute)),
+        ("x-compute-characters", chars.to_string()),
+        ("x-total-time", ms(compute)),
+        ("x-tokenization-time", ms(t.tokenize_s)),
+        ("x-queue-time", ms(t.queue_s)),
+        ("x-inference-time", ms(t.inference_s)),
+    ] {
+        if let Ok(v) = HeaderValue::from_str(&v) {
+            h.insert(k, v);
+        }
+    }
+    response
+}
