@@ -67,5 +67,13 @@ if [ ! -x "$pyenv/bin/python" ] || ! "$pyenv/bin/python" -c "import onnx" 2>/dev
   "$pyenv/bin/python" -m pip install --quiet onnx==1.17.0 "numpy<2"
 fi
 
+# Prometheus (Debian package) for the scrape test of `make test`.
+if ! command -v prometheus >/dev/null; then
+  echo "setup: installing the Debian package prometheus (metrics scrape test)" >&2
+  sudo=""; [ "$(id -u)" -ne 0 ] && sudo="sudo"
+  $sudo apt-get install -y --no-install-recommends prometheus >/dev/null \
+    || { $sudo apt-get update >/dev/null && $sudo apt-get install -y --no-install-recommends prometheus >/dev/null; }
+fi
+
 echo "ORT_DYLIB_PATH=$ort_lib"
 echo "MRANK_BASE_MODEL=$model_dir"

@@ -195,6 +195,29 @@ impl<'s> GraphBuilder<'s> {
         });
     }
 
+    /// A contrib operator with `n` outputs (operators whose schema requires outputs
+    /// the graph does not use).
+    pub fn contrib_op_outputs(
+        &mut self,
+        op_type: &str,
+        inputs: &[&str],
+        attrs: Vec<AttributeProto>,
+        n: usize,
+    ) -> Vec<String> {
+        let first = self.contrib_op(op_type, inputs, attrs);
+        let mut outs = vec![first];
+        for k in 1..n {
+            let extra = format!("{}_out{k}", outs[0]);
+            self.nodes
+                .last_mut()
+                .expect("just pushed")
+                .output
+                .push(extra.clone());
+            outs.push(extra);
+        }
+        outs
+    }
+
     /// An ONNX Runtime contrib operator (`com.microsoft` domain); an empty input name
     /// skips an optional input.
     pub fn contrib_op(

@@ -28,6 +28,10 @@ use weights::ModelWeights;
 
 pub const SHARED_WEIGHTS_FILE: &str = "weights.bin";
 
+/// Bumped whenever graphs change for the same inputs, so cached exports (the embedded
+/// default's) are rebuilt.
+pub const EXPORTER_REVISION: u32 = 2;
+
 /// What to export.
 pub struct ExportRequest<'a> {
     pub model_dir: &'a Path,

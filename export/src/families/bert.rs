@@ -13,12 +13,6 @@ pub struct BertGraph {
     pub config: BertConfig,
 }
 
-fn norm(g: &mut GraphBuilder, w: &ModelWeights, x: &str, prefix: &str, eps: f64) -> Result<String> {
-    let weight = w.shared(g, &format!("{prefix}.weight"))?;
-    let bias = w.shared(g, &format!("{prefix}.bias"))?;
-    Ok(g.layer_norm(x, &weight, &bias, eps))
-}
-
 /// GELU: the exact erf form for `gelu`, the tanh approximation otherwise (as transformers).
 pub fn gelu(g: &mut GraphBuilder, x: &str, exact: bool) -> String {
     let half = g.scalar_f32(0.5);
@@ -59,26 +53,37 @@ impl GraphFamily for BertGraph {
         let additive = layout.padding_mask(g);
         let real = layout.real_tokens(g);
         let keys = g.cast(&real, crate::onnx::data_type::INT32);
-        Ok(vec![additive, keys])
+        // Right-padded rows: the fused Attention takes each row's length (1-D mask
+        // index) and skips the padding instead of masking it.
+        let lengths = g.cast(&layout.lengths, crate::onnx::data_type::INT32);
+        Ok(vec![additive, keys, lengths])
     }
 
+    /// Word, position and token-type embeddings and their LayerNorm as ONNX Runtime's
+    /// fused EmbedLayerNormalization (positions are `0..T`).
     fn embed(&self, g: &mut GraphBuilder, w: &ModelWeights, inputs: &Inputs) -> Result<String> {
         let words = w.shared(g, "embeddings.word_embeddings.weight")?;
         let types = w.shared(g, "embeddings.token_type_embeddings.weight")?;
         let positions = w.shared(g, "embeddings.position_embeddings.weight")?;
-        let x = g.gather(&words, &inputs.input_ids, 0);
+        let gamma = w.shared(g, "embeddings.LayerNorm.weight")?;
+        let beta = w.shared(g, "embeddings.LayerNorm.bias")?;
         let tt = inputs
             .token_type_ids
             .as_deref()
             .expect("bert graphs take token types");
-        let t = g.gather(&types, tt, 0);
-        let x = g.add(&x, &t);
-        let len = g.dim(&inputs.input_ids, 1);
-        let len = g.unsqueeze(&len, &[0]);
-        let start = g.const_i64(&[0]);
-        let p = g.op("Slice", &[&positions, &start, &len], vec![]);
-        let x = g.add(&x, &p);
-        norm(g, w, &x, "embeddings.LayerNorm", self.config.layer_norm_eps)
+        let ids = g.cast(&inputs.input_ids, crate::onnx::data_type::INT32);
+        let tt = g.cast(tt, crate::onnx::data_type::INT32);
+        // Its schema requires the mask-index output, unused here.
+        let outs = g.contrib_op_outputs(
+            "EmbedLayerNormalization",
+            &[&ids, &tt, &words, &positions, &types, &gamma, &beta],
+            vec![crate::onnx::AttributeProto::float(
+                "epsilon",
+                self.config.layer_norm_eps as f32,
+            )],
+            2,
+        );
+        Ok(outs[0].clone())
     }
 
     fn layer(
@@ -112,7 +117,7 @@ impl GraphFamily for BertGraph {
             // for q, k and v, no head transposes, one pass for scale, mask and softmax.
             let context = g.contrib_op(
                 "Attention",
-                &[hidden, &qkv_w, &qkv_b, &prepared[1]],
+                &[hidden, &qkv_w, &qkv_b, &prepared[2]],
                 vec![
                     AttributeProto::int("num_heads", heads as i64),
                     AttributeProto::float("scale", scale),
