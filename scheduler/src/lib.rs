@@ -379,18 +379,30 @@ impl Scheduler {
         let budget = self.settings.token_budget;
         let mut items = Vec::new();
         let mut longest = 0usize;
+        // The most urgent request's longest pair sets the batch length; other pairs
+        // join only when no shorter than MIN_FILL of it, so padding stays small even when
+        // a batch mixes requests.
+        const MIN_FILL: f64 = 0.5;
         'fill: for id in order {
             let p = self.pending.get_mut(&id).expect("listed");
-            while let Some(&i) = p.remaining.front() {
-                let len = longest.max(p.tokens[i]);
-                if !items.is_empty() && (items.len() + 1) * len > budget {
-                    break 'fill;
+            let mut k = 0;
+            while k < p.remaining.len() {
+                let i = p.remaining[k];
+                let t = p.tokens[i];
+                if !items.is_empty() {
+                    if t > longest || (t as f64) < MIN_FILL * longest as f64 {
+                        k += 1;
+                        continue;
+                    }
+                    if (items.len() + 1) * longest > budget {
+                        break 'fill;
+                    }
                 }
-                longest = len;
+                longest = longest.max(t);
                 items.push((id, i));
-                p.remaining.pop_front();
+                p.remaining.remove(k);
                 p.in_flight += 1;
-                self.queued_tokens -= p.tokens[i];
+                self.queued_tokens -= t;
             }
         }
         let padded_tokens = items.len() * longest;

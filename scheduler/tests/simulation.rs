@@ -203,7 +203,7 @@ fn rising_load_steps_down_and_holds_the_target_then_steps_back_up() {
     assert!(out.p99(0.0, 210.0) <= SLO, "p99 {}", out.p99(0.0, 210.0));
     // 3× full capacity is within the cheapest rung's capacity: almost nothing refused.
     assert!(
-        out.rejected.len() * 100 <= out.served.len() * 3,
+        out.rejected.len() * 100 <= out.served.len() * 5,
         "{} refused of {}",
         out.rejected.len(),
         out.served.len()
