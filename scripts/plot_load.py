@@ -24,8 +24,8 @@ def main():
         t = [x["start_s"] for x in w]
         label = f'{r["config"]} (p99 ≤ SLO in {100 * r["windows_within_slo"]:.0f}% of windows, nDCG@10 {r["mean_ndcg10"]:.3f})'
         axes[0].plot(t, [x["offered_rps"] for x in w], label=r["config"])
-        axes[1].plot(t, [x["p99_s"] if x["answered"] else float("nan") for x in w], label=label)
-        axes[2].plot(t, [x["full_share"] if x["answered"] else float("nan") for x in w], label=r["config"])
+        axes[1].plot(t, [x["p99_s"] if x["answered"] else float("nan") for x in w], ".-", label=label)
+        axes[2].plot(t, [x["full_share"] if x["answered"] else float("nan") for x in w], ".-", label=r["config"])
         slo = r["slo_s"]
     axes[0].set_ylabel("offered requests/s")
     axes[1].axhline(slo, color="red", linestyle="--", label=f"SLO {slo:.1f}s")

@@ -30,6 +30,9 @@ use std::collections::{BTreeMap, VecDeque};
 
 pub use latency::LatencyModel;
 
+/// Seconds without work after which the level returns to the best rung.
+const IDLE_RESET_S: f64 = 1.0;
+
 /// One rung of the quality ladder.
 #[derive(Debug, Clone)]
 pub struct ConfigInfo {
@@ -68,7 +71,7 @@ impl Default for SchedulerConfig {
             max_queued_tokens: 2_000_000,
             up_margin: 0.6,
             degradation_window_s: 30.0,
-            headroom: 0.85,
+            headroom: 0.75,
         }
     }
 }
@@ -314,8 +317,9 @@ impl Scheduler {
         } else {
             0.9 * self.typical_tokens + 0.1 * tokens as f64
         };
-        if self.pending.is_empty() && self.in_flight_until <= now {
-            // Idle: nothing to protect, start from the best rung.
+        if self.pending.is_empty() && now - self.in_flight_until >= IDLE_RESET_S {
+            // Idle for a while: nothing to protect, start from the best rung. (A
+            // momentary gap between batches under load is not idleness.)
             self.level = 0;
         }
         let up = self.settings.up_margin * self.settings.headroom;
