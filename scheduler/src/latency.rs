@@ -2,6 +2,10 @@
 //! `per_batch + per_token · t` seconds. Calibrated online by least squares over recent
 //! batches (exponentially forgotten), starting from the manifest's measurement.
 
+/// Padded tokens per real token in a batch: pairs are sorted by length, and batches
+/// mix requests only within a 2:1 length range; the admission headroom covers the rest.
+pub const PADDING: f64 = 1.1;
+
 #[derive(Debug, Clone)]
 pub struct LatencyModel {
     pub per_batch_s: f64,
@@ -42,12 +46,12 @@ impl LatencyModel {
     }
 
     /// Predicted seconds for `tokens` real tokens split into batches of at most
-    /// `budget` padded tokens (padding estimated at 10% after length sorting).
+    /// `budget` padded tokens (padding estimated at `PADDING`).
     pub fn predict_work(&self, tokens: usize, budget: usize) -> f64 {
         if tokens == 0 {
             return 0.0;
         }
-        let padded = tokens as f64 * 1.1;
+        let padded = tokens as f64 * PADDING;
         let batches = (padded / budget.max(1) as f64).ceil().max(1.0);
         batches * self.per_batch_s + self.per_token_s * padded
     }

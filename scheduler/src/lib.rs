@@ -31,7 +31,7 @@ use std::collections::{BTreeMap, VecDeque};
 pub use latency::LatencyModel;
 
 /// Seconds without work after which the level returns to the best rung.
-const IDLE_RESET_S: f64 = 1.0;
+const IDLE_RESET_S: f64 = 2.0;
 
 /// One rung of the quality ladder.
 #[derive(Debug, Clone)]

@@ -125,20 +125,34 @@ pub fn run(args: ServeArgs) -> Result<()> {
             ..Default::default()
         },
     )?;
+    // Warm every session and fit its latency model on this process, at serving batch
+    // sizes: first runs allocate arenas (a cold first request would miss its target), and
+    // the manifest's reference batch was timed elsewhere, at another size.
+    log::info(&format!(
+        "warming {} configurations and calibrating their latency",
+        runtime.configs.len()
+    ));
     let ladder: Vec<ConfigInfo> = runtime
         .configs
         .iter()
         .map(|c| {
             let e = &c.entry;
-            let m = &runtime.manifest.reference_lengths;
-            let reference_tokens = export::measure::REFERENCE_BATCH * (m.query + m.passage + 3);
+            let latency = calibrate(&runtime, &e.id, args.batch_tokens).unwrap_or_else(|err| {
+                log::error(&format!(
+                    "calibrating {}: {err}; using the manifest's figure",
+                    e.id
+                ));
+                let m = &runtime.manifest.reference_lengths;
+                let reference_tokens = export::measure::REFERENCE_BATCH * (m.query + m.passage + 3);
+                match e.latency_ms {
+                    Some(ms) => LatencyModel::from_reference(ms / 1000.0, reference_tokens),
+                    None => LatencyModel::new(0.002, 250e-6 * e.flops_ratio),
+                }
+            });
             ConfigInfo {
                 id: e.id.clone(),
                 quality: e.ndcg_at_10.unwrap_or(e.flops_ratio),
-                latency: match e.latency_ms {
-                    Some(ms) => LatencyModel::from_reference(ms / 1000.0, reference_tokens),
-                    None => LatencyModel::new(0.002, 250e-6 * e.flops_ratio),
-                },
+                latency,
             }
         })
         .collect();
@@ -201,6 +215,31 @@ pub fn run(args: ServeArgs) -> Result<()> {
         log::info("stopped");
         anyhow::Ok(())
     })
+}
+
+/// Times a small and a budget-sized batch of 100-token pairs (after a warm-up run of
+/// each; mean of two runs) and fits `per_batch + per_token · tokens` through the two points.
+fn calibrate(runtime: &Runtime, id: &str, budget: usize) -> models::Result<LatencyModel> {
+    let passage = vec!["water"; 90].join(" ");
+    let pair = runtime.encoder.encode("river flow", &passage, None)?;
+    let len = pair.len();
+    let time = |n: usize| -> models::Result<(usize, f64)> {
+        let batch = models::PaddedBatch::new(&vec![pair.clone(); n], runtime.encoder.pad_id);
+        runtime.run(id, &batch)?;
+        // The mean, not the best, of the timed runs: serving sees the typical case.
+        let mut total = 0.0;
+        for _ in 0..2 {
+            let t = Instant::now();
+            runtime.run(id, &batch)?;
+            total += t.elapsed().as_secs_f64();
+        }
+        Ok((n * len, total / 2.0))
+    };
+    let (x1, y1) = time(2)?;
+    let (x2, y2) = time((budget / len).max(4))?;
+    let per_token = ((y2 - y1) / (x2 - x1) as f64).max(1e-9);
+    let per_batch = (y1 - per_token * x1 as f64).max(0.0);
+    Ok(LatencyModel::new(per_batch, per_token))
 }
 
 async fn shutdown_signal() {
