@@ -282,7 +282,15 @@ fn cohere_shape_on_every_route_with_top_n_and_documents() {
 #[test]
 fn pinned_configuration_is_used() {
     let s = shared();
-    for id in ["d3", "full"] {
+    // The served set is the measured quality/latency frontier, which depends on
+    // the machine's timings; pin the cheapest rung it actually serves, and full.
+    let ladder = get(s.port, "/configs").json()["ladder"].clone();
+    let cheapest = ladder.as_array().unwrap().last().unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_ne!(cheapest, "full", "the default serves more than full");
+    for id in [cheapest.as_str(), "full"] {
         let r = post(
             s.port,
             "/v2/rerank",
