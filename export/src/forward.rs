@@ -64,6 +64,7 @@ pub fn build(
     let inputs = Inputs {
         input_ids: ids,
         token_type_ids: types,
+        layout: layout.clone(),
     };
     let mut hidden = family.embed(g, w, &inputs)?;
     let mut prepared = family.prepare(g, &layout)?;

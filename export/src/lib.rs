@@ -45,9 +45,19 @@ pub struct ExportRequest<'a> {
 }
 
 /// The graph family of a checkpoint.
-pub fn graph_family(config: &ModelConfig) -> Result<Box<dyn GraphFamily>> {
+pub fn graph_family(config: &ModelConfig, isolate_segments: bool) -> Result<Box<dyn GraphFamily>> {
+    if isolate_segments && !matches!(config, ModelConfig::Bert(_)) {
+        return Err(ExportError::Input(format!(
+            "the adapters isolate query and passage segments, which only bert supports; \
+             this checkpoint is {}",
+            config.variant_name()
+        )));
+    }
     Ok(match config {
-        ModelConfig::Bert(c) => Box::new(families::bert::BertGraph { config: c.clone() }),
+        ModelConfig::Bert(c) => Box::new(families::bert::BertGraph {
+            config: c.clone(),
+            isolate_segments,
+        }),
         ModelConfig::Llama(c) => Box::new(families::llama::LlamaGraph::new(c)?),
         ModelConfig::Gemma2(c) => Box::new(families::gemma2::Gemma2Graph { config: c.clone() }),
     })
@@ -98,7 +108,7 @@ pub fn export_with(
     adapters: &Adapters,
     req: &ExportRequest,
 ) -> Result<Manifest> {
-    let family = graph_family(&checkpoint.config)?;
+    let family = graph_family(&checkpoint.config, adapters.meta.isolate_segments)?;
     let dims = checkpoint.config.dimensions();
     let readout = adapters.heads.readout.name().to_string();
     let mode = adapters.merge_mode();

@@ -76,12 +76,18 @@ fn texts() -> (Vec<&'static str>, &'static str) {
     )
 }
 
-fn check_family(name: &str, readout: Readout, merge_mode: &str) -> tempfile::TempDir {
+fn check_family(
+    name: &str,
+    readout: Readout,
+    merge_mode: &str,
+    isolate_segments: bool,
+) -> tempfile::TempDir {
     let dir = fixture(name);
     let checkpoint = Checkpoint::open(&dir).unwrap();
     let dims = checkpoint.config.dimensions();
     let space = SubStructureSpace::default_for(dims.num_layers);
-    let adapters = random_adapters(&checkpoint, readout, merge_mode, &space);
+    let mut adapters = random_adapters(&checkpoint, readout, merge_mode, &space);
+    adapters.meta.isolate_segments = isolate_segments;
     let mut configs = space.enumerate();
     configs.sort_by_key(|s| s.id(dims.num_layers));
     configs.dedup();
@@ -110,6 +116,7 @@ fn check_family(name: &str, readout: Readout, merge_mode: &str) -> tempfile::Tem
     .unwrap();
 
     let mut backbone = load_backbone(&checkpoint, &Device::Cpu).unwrap();
+    backbone.isolate_segments(isolate_segments).unwrap();
     adapters.merge_set_into("sd", backbone.as_mut()).unwrap();
     let encoder = PairEncoder::new(&checkpoint, max_length).unwrap();
     let mut reranker = Reranker::from_parts(
@@ -203,31 +210,33 @@ fn onnx_checker(dirs: &[&Path]) {
 
 #[test]
 fn onnx_parity_bert() {
-    let a = check_family("tiny-bert", Readout::SpanProduct, "attention");
-    let b = check_family("tiny-bert", Readout::ScoringPosition, "uniform");
-    onnx_checker(&[a.path(), b.path()]);
+    let a = check_family("tiny-bert", Readout::SpanProduct, "attention", false);
+    let b = check_family("tiny-bert", Readout::ScoringPosition, "uniform", false);
+    // Isolated segments: block mask in every attention path, restarted positions.
+    let c = check_family("tiny-bert", Readout::SpanProduct, "uniform", true);
+    onnx_checker(&[a.path(), b.path(), c.path()]);
 }
 
 #[test]
 fn onnx_parity_llama() {
-    let d = check_family("tiny-llama", Readout::ScoringPosition, "attention");
+    let d = check_family("tiny-llama", Readout::ScoringPosition, "attention", false);
     onnx_checker(&[d.path()]);
 }
 
 #[test]
 fn onnx_parity_mistral() {
-    let d = check_family("tiny-mistral", Readout::Mean, "attention");
+    let d = check_family("tiny-mistral", Readout::Mean, "attention", false);
     onnx_checker(&[d.path()]);
 }
 
 #[test]
 fn onnx_parity_qwen2() {
-    let d = check_family("tiny-qwen2", Readout::SpanProduct, "attention");
+    let d = check_family("tiny-qwen2", Readout::SpanProduct, "attention", false);
     onnx_checker(&[d.path()]);
 }
 
 #[test]
 fn onnx_parity_gemma2() {
-    let d = check_family("tiny-gemma2", Readout::ScoringPosition, "attention");
+    let d = check_family("tiny-gemma2", Readout::ScoringPosition, "attention", false);
     onnx_checker(&[d.path()]);
 }

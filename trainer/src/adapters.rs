@@ -40,6 +40,10 @@ pub struct AdapterMeta {
     pub vocab_size: usize,
     pub readout: String,
     pub merge_mode: String,
+    /// Query and passage encoded in isolated segments (`Backbone::isolate_segments`);
+    /// absent in files written before the option existed.
+    #[serde(default)]
+    pub isolate_segments: bool,
     pub rank: usize,
     pub alpha: f64,
     /// Depth buckets of the vertical adapters, inclusive ranges.
@@ -95,6 +99,7 @@ impl Adapters {
                 vocab_size: dims.vocab_size,
                 readout: readout.name().into(),
                 merge_mode: merge_mode_name(MergeMode::Attention).into(),
+                isolate_segments: false,
                 rank: 0,
                 alpha: 0.0,
                 depth_buckets: Vec::new(),

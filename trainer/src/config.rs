@@ -30,6 +30,10 @@ pub struct ModelSection {
     pub max_length: usize,
     /// Initial head weight for the span-product readout (a cosine temperature of 1/scale).
     pub head_scale: f32,
+    /// Query and passage attend only within their own segment and the passage's
+    /// positions restart (bert only; needs `merge_mode = "uniform"`, since `[CLS]`
+    /// then pays no attention to the passage). See `Backbone::isolate_segments`.
+    pub isolate_segments: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -123,6 +127,7 @@ impl Default for ModelSection {
             base: String::new(),
             readout: "span-product".into(),
             merge_mode: "attention".into(),
+            isolate_segments: false,
             max_length: 256,
             head_scale: 20.0,
         }
@@ -317,6 +322,13 @@ impl TrainConfig {
                 "model.merge_mode {:?}: use attention or uniform",
                 self.model.merge_mode
             ));
+        }
+        if self.model.isolate_segments && self.model.merge_mode != "uniform" {
+            return bad(
+                "model.isolate_segments needs model.merge_mode = \"uniform\": with isolated \
+                 segments the scoring position pays no attention to the passage"
+                    .into(),
+            );
         }
         if !["bi-encoder", "none"].contains(&self.data.teacher.as_str()) {
             return bad(format!(

@@ -34,6 +34,18 @@ pub trait Backbone {
     /// Every LoRA-capable projection as (layer, name, linear); names are `q`, `k`, `v`,
     /// `o`, `up`, `down` and, for gated MLPs, `gate`.
     fn projections_mut(&mut self) -> Vec<(usize, &'static str, &mut Linear)>;
+    /// Segment isolation: query and passage tokens attend only within their own
+    /// segment and the passage's positions restart after the query, so each segment
+    /// is encoded as the base encodes it alone (a mean-pooling bi-encoder keeps its own
+    /// similarity at full depth). Families without it refuse.
+    fn isolate_segments(&mut self, on: bool) -> Result<()> {
+        if on {
+            return Err(TrainerError::Input(
+                "segment isolation (model.isolate_segments) is implemented for bert only".into(),
+            ));
+        }
+        Ok(())
+    }
     /// Final transform of a head's logit (Gemma2's soft-capping); identity elsewhere.
     fn transform_score(&self, score: Tensor) -> Result<Tensor> {
         Ok(score)

@@ -64,6 +64,49 @@ pub fn padding_mask(lengths: &[usize], seq_len: usize, device: &Device) -> Resul
     )?)
 }
 
+/// Additive mask `[B, 1, T, T]` for isolated segments: query `i` sees key `j` only when
+/// `j` is a real token of the same segment, the segments being `[0, passage start)` and
+/// `[passage start, length)` (the passage and its closing separator).
+pub fn segment_mask(
+    lengths: &[usize],
+    passage_starts: &[usize],
+    seq_len: usize,
+    device: &Device,
+) -> Result<Tensor> {
+    let t = seq_len;
+    let mut data = vec![MASKED; lengths.len() * t * t];
+    for (row, (&len, &start)) in lengths.iter().zip(passage_starts).enumerate() {
+        let len = len.min(t);
+        for i in 0..t {
+            let segment = if i < start {
+                0..start.min(len)
+            } else {
+                start..len
+            };
+            data[(row * t + i) * t..][segment].fill(0.0);
+        }
+    }
+    Ok(Tensor::from_vec(data, (lengths.len(), 1, t, t), device)?)
+}
+
+/// Position ids `[B, T]` under segment isolation: `0..start` for the query segment,
+/// then `1, 2, ...` from the passage start, as if the passage followed its own `[CLS]`.
+pub fn segment_positions(
+    passage_starts: &[usize],
+    seq_len: usize,
+    device: &Device,
+) -> Result<Tensor> {
+    let mut data = Vec::with_capacity(passage_starts.len() * seq_len);
+    for &start in passage_starts {
+        data.extend((0..seq_len).map(|t| if t < start { t } else { t - start + 1 } as u32));
+    }
+    Ok(Tensor::from_vec(
+        data,
+        (passage_starts.len(), seq_len),
+        device,
+    )?)
+}
+
 /// Additive causal mask `[B, 1, T, T]` with padding, and optionally a sliding window
 /// (key `j` is hidden from query `i` when `j <= i - window`, as transformers does).
 pub fn causal_mask(

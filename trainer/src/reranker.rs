@@ -55,6 +55,7 @@ impl Reranker {
                 )?
             }
         };
+        backbone.isolate_segments(adapters.meta.isolate_segments)?;
         adapters.merge_set_into("sd", backbone.as_mut())?;
         let encoder = PairEncoder::new(&checkpoint, max_length)?;
         Ok(Self::from_parts(

@@ -291,7 +291,8 @@ impl Trainer {
         let mut cfg = cfg;
         let dims = checkpoint.config.dimensions();
         cfg.resolve(dims.num_layers)?;
-        let backbone = crate::families::load_backbone(&checkpoint, device)?;
+        let mut backbone = crate::families::load_backbone(&checkpoint, device)?;
+        backbone.isolate_segments(cfg.model.isolate_segments)?;
         let encoder = PairEncoder::new(&checkpoint, cfg.model.max_length)?;
         let readout = Readout::parse(&cfg.model.readout).expect("resolve checked the readout");
         let architecture = checkpoint.config.variant_name().to_string();
@@ -305,6 +306,7 @@ impl Trainer {
         )?;
         let mut meta = untrained.meta.clone();
         meta.merge_mode = cfg.model.merge_mode.clone();
+        meta.isolate_segments = cfg.model.isolate_segments;
         meta.rank = cfg.lora.rank;
         meta.alpha = cfg.lora.alpha;
         meta.depth_buckets = cfg.stage2.depth_buckets.clone();

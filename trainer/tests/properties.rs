@@ -264,3 +264,76 @@ fn a_row_scores_the_same_alone_and_padded_in_a_batch() {
         }
     }
 }
+
+/// Segment isolation: a passage's hidden states do not depend on the query (changing a
+/// query token leaves them bit-for-bit comparable), while joint attention mixes them;
+/// uniform merging keeps the property; families without isolation refuse it.
+#[test]
+fn isolated_segments_encode_the_passage_independently_of_the_query() {
+    let f = tiny("tiny-bert");
+    let layers = f.checkpoint.config.dimensions().num_layers;
+    let (b, t) = f.input.input_ids.dims2().unwrap();
+    let mut ids: Vec<u32> = f.input.input_ids.flatten_all().unwrap().to_vec1().unwrap();
+    for row in 0..b {
+        // Position 1 is a query token in every row (after [CLS], before the passage).
+        assert!(f.input.layout.passage[row].start > 2);
+        ids[row * t + 1] = (ids[row * t + 1] + 7) % 50;
+    }
+    let changed = ModelInput {
+        input_ids: Tensor::from_vec(ids, (b, t), &Device::Cpu).unwrap(),
+        token_type_ids: f.input.token_type_ids.clone(),
+        layout: f.input.layout.clone(),
+    };
+    let passage_gap = |isolated: bool, sub: &SubStructure| -> f32 {
+        let mut backbone = load_backbone(&f.checkpoint, &Device::Cpu).unwrap();
+        backbone.isolate_segments(isolated).unwrap();
+        let run = |input: &ModelInput| {
+            forward(
+                backbone.as_ref(),
+                &f.heads,
+                input,
+                sub,
+                MergeMode::Uniform,
+                true,
+            )
+            .unwrap()
+        };
+        let (a, c) = (run(&f.input), run(&changed));
+        let (last_a, last_c) = (a.hidden.last().unwrap(), c.hidden.last().unwrap());
+        let layout = a.layouts.last().unwrap();
+        let mut gap = 0f32;
+        for row in 0..b {
+            let span = layout.passage[row];
+            let rows = |h: &Tensor| h.get(row).unwrap().narrow(0, span.start, span.len).unwrap();
+            let d = (rows(last_a) - rows(last_c))
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            gap = gap.max(d);
+        }
+        gap
+    };
+    let merged = SubStructure {
+        depth: layers,
+        ratio: 2,
+        compress_layers: vec![1],
+    };
+    for sub in [SubStructure::full(layers), merged] {
+        assert!(
+            passage_gap(true, &sub) < 1e-6,
+            "{sub}: isolated passage saw the query"
+        );
+        assert!(
+            passage_gap(false, &sub) > 1e-4,
+            "{sub}: joint attention should mix"
+        );
+    }
+    let llama = tiny("tiny-llama");
+    let mut decoder = load_backbone(&llama.checkpoint, &Device::Cpu).unwrap();
+    let err = decoder.isolate_segments(true).unwrap_err().to_string();
+    assert!(err.contains("bert only"), "{err}");
+}

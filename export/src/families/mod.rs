@@ -14,6 +14,8 @@ use crate::weights::ModelWeights;
 pub struct Inputs {
     pub input_ids: String,
     pub token_type_ids: Option<String>,
+    /// The input layout (spans), for embeddings that depend on it.
+    pub layout: Layout,
 }
 
 /// What a family implements; `crate::forward::build` drives it like the trainer's

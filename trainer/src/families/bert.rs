@@ -9,7 +9,8 @@ use super::{linear, tensor, LoraTargets};
 use crate::error::{Result, TrainerError};
 use crate::forward::{Backbone, ModelInput, Readout};
 use crate::layers::{
-    layer_norm, merge_heads, padding_mask, scoring_attention, softmax_last, split_heads,
+    layer_norm, merge_heads, padding_mask, scoring_attention, segment_mask, segment_positions,
+    softmax_last, split_heads,
 };
 use crate::linear::Linear;
 use crate::merge::RowLayout;
@@ -37,6 +38,7 @@ pub struct Bert {
     token_type_embeddings: Tensor,
     embedding_norm: Norm,
     pub layers: Vec<BertLayer>,
+    isolate_segments: bool,
     device: Device,
 }
 
@@ -113,6 +115,7 @@ impl Bert {
             )?,
             embedding_norm: norm(checkpoint, "embeddings.LayerNorm", device)?,
             layers,
+            isolate_segments: false,
             device: device.clone(),
         })
     }
@@ -153,7 +156,15 @@ impl Backbone for Bert {
             .token_type_embeddings
             .index_select(&input.token_type_ids.flatten_all()?, 0)?
             .reshape((b, t, h))?;
-        let positions = self.position_embeddings.narrow(0, 0, t)?.unsqueeze(0)?;
+        let positions = if self.isolate_segments {
+            let starts: Vec<usize> = input.layout.passage.iter().map(|s| s.start).collect();
+            let ids = segment_positions(&starts, t, &self.device)?;
+            self.position_embeddings
+                .index_select(&ids.flatten_all()?, 0)?
+                .reshape((b, t, h))?
+        } else {
+            self.position_embeddings.narrow(0, 0, t)?.unsqueeze(0)?
+        };
         let sum = (words + types)?.broadcast_add(&positions)?;
         layer_norm(
             &sum,
@@ -176,7 +187,12 @@ impl Backbone for Bert {
         let q = split_heads(&l.query.forward(hidden)?, heads, head_dim)?;
         let k = split_heads(&l.key.forward(hidden)?, heads, head_dim)?;
         let v = split_heads(&l.value.forward(hidden)?, heads, head_dim)?;
-        let mask = padding_mask(&layout.lengths, layout.seq_len, &self.device)?;
+        let mask = if self.isolate_segments {
+            let starts: Vec<usize> = layout.passage.iter().map(|s| s.start).collect();
+            segment_mask(&layout.lengths, &starts, layout.seq_len, &self.device)?
+        } else {
+            padding_mask(&layout.lengths, layout.seq_len, &self.device)?
+        };
         let scores = (q.matmul(&k.t()?)? / (head_dim as f64).sqrt())?.broadcast_add(&mask)?;
         let probs = softmax_last(&scores)?;
         let attention = if want_attention {
@@ -205,6 +221,11 @@ impl Backbone for Bert {
 
     fn readout(&self, hidden: &Tensor, layout: &RowLayout, readout: Readout) -> Result<Tensor> {
         readout.features(hidden, layout)
+    }
+
+    fn isolate_segments(&mut self, on: bool) -> Result<()> {
+        self.isolate_segments = on;
+        Ok(())
     }
 }
 
