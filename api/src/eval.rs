@@ -110,7 +110,17 @@ pub fn run(args: EvalArgs) -> Result<()> {
                     args.batch_tokens,
                     !args.json,
                 )?,
-                "onnx" => evaluate_onnx(&args, &base, &reranker, subs, &queries, &qrels)?,
+                "onnx" => evaluate_onnx(
+                    &base,
+                    &reranker.adapters,
+                    subs,
+                    &queries,
+                    &qrels,
+                    args.model.max_length,
+                    args.threads,
+                    args.batch_tokens,
+                    !args.json,
+                )?,
                 other => anyhow::bail!("--engine {other}: use candle or onnx"),
             }
         }
@@ -156,39 +166,43 @@ pub fn run(args: EvalArgs) -> Result<()> {
     Ok(())
 }
 
-/// `--engine onnx`: the loaded adapters (with any `--merge-mode` or
-/// `--without-compensation` change applied) exported to a temporary directory and scored
-/// by ONNX Runtime.
-fn evaluate_onnx(
-    args: &EvalArgs,
+/// `--engine onnx`: `adapters` (with any `--merge-mode` or `--without-compensation`
+/// change applied) exported to a temporary directory and scored by ONNX Runtime.
+#[allow(clippy::too_many_arguments)]
+pub fn evaluate_onnx(
     base: &std::path::Path,
-    reranker: &Reranker,
+    adapters: &trainer::adapters::Adapters,
     subs: Vec<SubStructure>,
     queries: &[trainer::data::QueryCandidates],
     qrels: &Qrels,
+    max_length: usize,
+    threads: usize,
+    batch_tokens: usize,
+    progress: bool,
 ) -> Result<Vec<trainer::eval::ConfigQuality>> {
     let checkpoint = models::Checkpoint::open(base)?;
+    let layers = checkpoint.config.dimensions().num_layers;
     let dir = tempfile::tempdir().context("cannot create a temporary export directory")?;
-    let ids: Vec<String> = subs.iter().map(|s| s.id(reranker.num_layers())).collect();
-    if !args.json {
+    let ids: Vec<String> = subs.iter().map(|s| s.id(layers)).collect();
+    if progress {
         eprintln!("exporting {} configurations for ONNX Runtime", ids.len());
     }
     export::export_with(
         &checkpoint,
-        &reranker.adapters,
+        adapters,
         &export::ExportRequest {
             model_dir: base,
             adapters: None,
             configs: subs,
             out: dir.path(),
             merge_adapters: false,
-            max_length: args.model.max_length,
+            max_length,
         },
     )?;
     let runtime = models::Runtime::load(
         dir.path(),
         &models::runtime::RuntimeOptions {
-            intra_threads: args.threads,
+            intra_threads: threads,
             ..Default::default()
         },
     )?;
@@ -197,7 +211,7 @@ fn evaluate_onnx(
         queries,
         qrels,
         &ids,
-        args.batch_tokens,
-        !args.json,
+        batch_tokens,
+        progress,
     )?)
 }

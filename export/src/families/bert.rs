@@ -86,7 +86,14 @@ impl GraphFamily for BertGraph {
             .as_deref()
             .expect("bert graphs take token types");
         let ids = g.cast(&inputs.input_ids, crate::onnx::data_type::INT32);
-        let tt = g.cast(tt, crate::onnx::data_type::INT32);
+        let tt = if self.isolate_segments {
+            // Isolated segments use token type 0 throughout (trainer: `Bert::embed`).
+            let zero = g.scalar_i64(0);
+            let zeros = g.mul(tt, &zero);
+            g.cast(&zeros, crate::onnx::data_type::INT32)
+        } else {
+            g.cast(tt, crate::onnx::data_type::INT32)
+        };
         let mut args = vec![ids, tt, words, positions, types, gamma, beta];
         if self.isolate_segments {
             // Positions restart in the passage segment: optional inputs 7 (mask, unused)

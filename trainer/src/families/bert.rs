@@ -152,10 +152,15 @@ impl Backbone for Bert {
             .word_embeddings
             .index_select(&input.input_ids.flatten_all()?, 0)?
             .reshape((b, t, h))?;
-        let types = self
-            .token_type_embeddings
-            .index_select(&input.token_type_ids.flatten_all()?, 0)?
-            .reshape((b, t, h))?;
+        // Isolated segments are each encoded as the base encodes a lone text: token
+        // type 0 throughout.
+        let types = if self.isolate_segments {
+            self.token_type_embeddings.narrow(0, 0, 1)?.unsqueeze(0)?
+        } else {
+            self.token_type_embeddings
+                .index_select(&input.token_type_ids.flatten_all()?, 0)?
+                .reshape((b, t, h))?
+        };
         let positions = if self.isolate_segments {
             let starts: Vec<usize> = input.layout.passage.iter().map(|s| s.start).collect();
             let ids = segment_positions(&starts, t, &self.device)?;
@@ -165,7 +170,7 @@ impl Backbone for Bert {
         } else {
             self.position_embeddings.narrow(0, 0, t)?.unsqueeze(0)?
         };
-        let sum = (words + types)?.broadcast_add(&positions)?;
+        let sum = words.broadcast_add(&types)?.broadcast_add(&positions)?;
         layer_norm(
             &sum,
             &self.embedding_norm.weight,
