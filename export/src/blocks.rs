@@ -65,38 +65,6 @@ impl Layout {
         g.unsqueeze(&add, &[1, 2])
     }
 
-    /// `[B, T]` bool: position belongs to the passage segment (`t >= passage start`).
-    pub fn in_passage_segment(&self, g: &mut GraphBuilder) -> String {
-        let pos = self.positions(g);
-        let start = g.unsqueeze(&self.passage_start, &[1]);
-        let before = g.less(&pos, &start);
-        g.not(&before)
-    }
-
-    /// `[B, T, T]` bool for isolated segments (trainer: `segment_mask`): query `i` sees
-    /// key `j` when `j` is a real token of `i`'s segment.
-    pub fn segment_visible(&self, g: &mut GraphBuilder) -> String {
-        let seg = self.in_passage_segment(g);
-        let queries = g.unsqueeze(&seg, &[2]); // [B, T, 1]
-        let keys = g.unsqueeze(&seg, &[1]); // [B, 1, T]
-        let same = g.equal(&queries, &keys);
-        let real = self.real_tokens(g);
-        let real = g.unsqueeze(&real, &[1]);
-        g.and(&same, &real)
-    }
-
-    /// Position ids `[B, T]` int64 under isolation (trainer: `segment_positions`): `t`
-    /// in the query segment, `t - passage start + 1` in the passage segment.
-    pub fn segment_positions(&self, g: &mut GraphBuilder) -> String {
-        let seg = self.in_passage_segment(g);
-        let pos = self.positions(g);
-        let start = g.unsqueeze(&self.passage_start, &[1]);
-        let shifted = g.sub(&pos, &start);
-        let one = g.scalar_i64(1);
-        let shifted = g.add(&shifted, &one);
-        g.where_(&seg, &shifted, &pos)
-    }
-
     /// Additive causal mask `[B, 1, T, T]` with padding and an optional sliding window
     /// (trainer: `causal_mask`): key j is hidden from query i when j > i, j ≥ length,
     /// or j ≤ i − window.
@@ -182,18 +150,33 @@ fn normalize(g: &mut GraphBuilder, x: &str) -> String {
     g.div(x, &norm)
 }
 
+/// The L2-normalised mean of positions `start..end` of each row, `[B, T, H]` → `[B, H]`
+/// (trainer: `normalize(span_mean(..))`).
+pub fn span_vector(
+    g: &mut GraphBuilder,
+    hidden: &str,
+    start: &str,
+    end: &str,
+    layout: &Layout,
+) -> String {
+    let w = span_weights(g, start, end, layout);
+    let v = g.matmul(&w, hidden);
+    let v = g.squeeze(&v, &[1]);
+    normalize(g, &v)
+}
+
 /// The readouts of the trainer's `Readout`: `[B, T, H]` → `[B, H]`.
 pub fn readout(g: &mut GraphBuilder, hidden: &str, layout: &Layout, kind: &str) -> String {
     match kind {
         "span-product" => {
-            let wq = span_weights(g, &layout.query_start, &layout.query_end, layout);
-            let q = g.matmul(&wq, hidden);
-            let q = g.squeeze(&q, &[1]);
-            let wp = span_weights(g, &layout.passage_start, &layout.passage_end, layout);
-            let p = g.matmul(&wp, hidden);
-            let p = g.squeeze(&p, &[1]);
-            let q = normalize(g, &q);
-            let p = normalize(g, &p);
+            let q = span_vector(g, hidden, &layout.query_start, &layout.query_end, layout);
+            let p = span_vector(
+                g,
+                hidden,
+                &layout.passage_start,
+                &layout.passage_end,
+                layout,
+            );
             g.mul(&q, &p)
         }
         "mean" => {

@@ -5,7 +5,7 @@
 use models::SubStructure;
 use trainer::MergeMode;
 
-use crate::blocks::{layout_from_inputs, merge, readout};
+use crate::blocks::{layout_from_inputs, merge, readout, span_vector, Layout, ScoringPosition};
 use crate::error::Result;
 use crate::families::{GraphFamily, Inputs};
 use crate::graph::GraphBuilder;
@@ -64,7 +64,7 @@ pub fn build(
     let inputs = Inputs {
         input_ids: ids,
         token_type_ids: types,
-        layout: layout.clone(),
+        position_ids: None,
     };
     let mut hidden = family.embed(g, w, &inputs)?;
     let mut prepared = family.prepare(g, &layout)?;
@@ -97,4 +97,137 @@ pub fn build(
     let score = family.transform_score(g, &score);
     g.output(&score, "scores", data_type::FLOAT, &[Named("batch")]);
     Ok(())
+}
+
+/// Inputs of a graph with isolated segments (`build_split`), in order.
+pub const SPLIT_INPUTS: [&str; 5] = [
+    "query_ids",
+    "query_mask",
+    "passage_ids",
+    "passage_mask",
+    "query_index",
+];
+
+/// The graph of adapters trained with isolated segments (bert, span-product readout).
+/// Query and passage never attend to each other, so they are encoded as separate
+/// sequences: `query_ids` `[Q, Tq]` holds each distinct `[CLS] query [SEP]` of the
+/// batch once, `passage_ids` `[B, Tp]` each row's `passage [SEP]`, and `query_index`
+/// `[B]` the query row of each passage row. A request's candidates share one query
+/// encoding. Scores equal the trainer's joint sequence under `segment_mask` and
+/// `segment_positions`: passage positions start at 1, token type 0 throughout, and
+/// widths merge only passage tokens.
+pub fn build_split(
+    g: &mut GraphBuilder,
+    family: &dyn GraphFamily,
+    w: &ModelWeights,
+    sub: &SubStructure,
+) -> Result<()> {
+    use DimSpec::Named;
+    let matrix = |g: &mut GraphBuilder, name: &str, rows: &'static str, cols: &'static str| {
+        g.input(name, data_type::INT64, &[Named(rows), Named(cols)])
+    };
+    let query_ids = matrix(g, SPLIT_INPUTS[0], "queries", "query_sequence");
+    let query_mask = matrix(g, SPLIT_INPUTS[1], "queries", "query_sequence");
+    let passage_ids = matrix(g, SPLIT_INPUTS[2], "batch", "passage_sequence");
+    let passage_mask = matrix(g, SPLIT_INPUTS[3], "batch", "passage_sequence");
+    let query_index = g.input(SPLIT_INPUTS[4], data_type::INT64, &[Named("batch")]);
+    let one = g.scalar_i64(1);
+
+    // Query: `[CLS] q [SEP]`, positions 0.., read over the query tokens `1..len-1`.
+    let q_len = g.reduce_sum(&query_mask, &[1], false);
+    let q_end = g.sub(&q_len, &one);
+    let q_zeros = g_zeros(g, &q_len);
+    let q_start = g.add(&q_zeros, &one);
+    let q_layout = Layout {
+        lengths: q_len.clone(),
+        passage_start: q_len.clone(),
+        passage_end: q_len.clone(),
+        query_start: q_start,
+        query_end: q_end,
+        seq_len: g.dim(&query_ids, 1),
+        scoring: ScoringPosition::First,
+    };
+    // Passage: `p [SEP]`, positions 1.., read (and merged) over `0..len-1`.
+    let p_len = g.reduce_sum(&passage_mask, &[1], false);
+    let p_end = g.sub(&p_len, &one);
+    let p_start = g_zeros(g, &p_len);
+    let mut p_layout = Layout {
+        lengths: p_len,
+        passage_start: p_start.clone(),
+        passage_end: p_end,
+        query_start: p_start.clone(),
+        query_end: p_start,
+        seq_len: g.dim(&passage_ids, 1),
+        scoring: ScoringPosition::First,
+    };
+    let p_positions = {
+        let r = g.range(&p_layout.seq_len);
+        let r = g.add(&r, &one);
+        g.unsqueeze(&r, &[0])
+    };
+    let mut q_hidden = family.embed(
+        g,
+        w,
+        &Inputs {
+            input_ids: query_ids,
+            token_type_ids: None,
+            position_ids: None,
+        },
+    )?;
+    let mut p_hidden = family.embed(
+        g,
+        w,
+        &Inputs {
+            input_ids: passage_ids,
+            token_type_ids: None,
+            position_ids: Some(p_positions),
+        },
+    )?;
+    let q_prepared = family.prepare(g, &q_layout)?;
+    let mut p_prepared = family.prepare(g, &p_layout)?;
+    for layer in 0..sub.depth {
+        if sub.ratio > 1 && sub.compress_layers.contains(&layer) {
+            let (merged, next) = merge(g, &p_hidden, &p_layout, None, sub.ratio);
+            p_hidden = merged;
+            p_layout = next;
+            p_prepared = family.prepare(g, &p_layout)?;
+        }
+        q_hidden = family
+            .layer(g, w, layer, &q_hidden, &q_layout, &q_prepared, false)?
+            .0;
+        p_hidden = family
+            .layer(g, w, layer, &p_hidden, &p_layout, &p_prepared, false)?
+            .0;
+    }
+    let q_vec = span_vector(
+        g,
+        &q_hidden,
+        &q_layout.query_start,
+        &q_layout.query_end,
+        &q_layout,
+    );
+    let p_vec = span_vector(
+        g,
+        &p_hidden,
+        &p_layout.passage_start,
+        &p_layout.passage_end,
+        &p_layout,
+    );
+    let q_rows = g.gather(&q_vec, &query_index, 0);
+    let features = g.mul(&q_rows, &p_vec);
+    let (head_w, head_b) = w.head(g, sub.depth)?;
+    let mut score = g.matmul(&features, &head_w);
+    if let Some(b) = head_b {
+        score = g.add(&score, &b);
+    }
+    let score = g.squeeze(&score, &[1]);
+    let score = family.transform_score(g, &score);
+    g.output(&score, "scores", data_type::FLOAT, &[Named("batch")]);
+    Ok(())
+}
+
+/// `[B]` int64 zeros shaped like `lengths`.
+fn g_zeros(g: &mut GraphBuilder, lengths: &str) -> String {
+    let zero = g.scalar_i64(0);
+    g.mul(lengths, &zero)
 }

@@ -45,19 +45,9 @@ pub struct ExportRequest<'a> {
 }
 
 /// The graph family of a checkpoint.
-pub fn graph_family(config: &ModelConfig, isolate_segments: bool) -> Result<Box<dyn GraphFamily>> {
-    if isolate_segments && !matches!(config, ModelConfig::Bert(_)) {
-        return Err(ExportError::Input(format!(
-            "the adapters isolate query and passage segments, which only bert supports; \
-             this checkpoint is {}",
-            config.variant_name()
-        )));
-    }
+pub fn graph_family(config: &ModelConfig) -> Result<Box<dyn GraphFamily>> {
     Ok(match config {
-        ModelConfig::Bert(c) => Box::new(families::bert::BertGraph {
-            config: c.clone(),
-            isolate_segments,
-        }),
+        ModelConfig::Bert(c) => Box::new(families::bert::BertGraph { config: c.clone() }),
         ModelConfig::Llama(c) => Box::new(families::llama::LlamaGraph::new(c)?),
         ModelConfig::Gemma2(c) => Box::new(families::gemma2::Gemma2Graph { config: c.clone() }),
     })
@@ -108,9 +98,18 @@ pub fn export_with(
     adapters: &Adapters,
     req: &ExportRequest,
 ) -> Result<Manifest> {
-    let family = graph_family(&checkpoint.config, adapters.meta.isolate_segments)?;
+    let family = graph_family(&checkpoint.config)?;
     let dims = checkpoint.config.dimensions();
     let readout = adapters.heads.readout.name().to_string();
+    let isolated = adapters.meta.isolate_segments;
+    if isolated && (!matches!(checkpoint.config, ModelConfig::Bert(_)) || readout != "span-product")
+    {
+        return Err(ExportError::Input(format!(
+            "the adapters isolate query and passage segments, which needs a bert checkpoint \
+             and the span-product readout (this is {} with {readout})",
+            checkpoint.config.variant_name()
+        )));
+    }
     let mode = adapters.merge_mode();
     let min_depth = adapters.heads.min_depth().unwrap_or(1);
     for sub in &req.configs {
@@ -128,7 +127,11 @@ pub fn export_with(
         let id = sub.id(dims.num_layers);
         let w = ModelWeights::new(checkpoint, adapters, sub, &id, req.merge_adapters);
         let mut g = GraphBuilder::new(Some(&mut store));
-        forward::build(&mut g, family.as_ref(), &w, sub, &readout, mode)?;
+        if isolated {
+            forward::build_split(&mut g, family.as_ref(), &w, sub)?;
+        } else {
+            forward::build(&mut g, family.as_ref(), &w, sub, &readout, mode)?;
+        }
         let shared = g.shared.clone();
         let model = g.finish(
             &format!("mrank {id}"),
@@ -177,7 +180,14 @@ pub fn export_with(
         max_length: req.max_length,
         readout: readout.clone(),
         merge_mode: trainer::adapters::merge_mode_name(mode).into(),
-        inputs: forward::input_names(family.as_ref(), &readout),
+        inputs: if isolated {
+            forward::SPLIT_INPUTS
+                .iter()
+                .map(|s| s.to_string())
+                .collect()
+        } else {
+            forward::input_names(family.as_ref(), &readout)
+        },
         tokenizer: "tokenizer.json".into(),
         model_config: "config.json".into(),
         shared_weights: Some(SharedWeights {

@@ -96,6 +96,8 @@ pub struct Runtime {
     pub configs: Vec<LoadedConfig>,
     needs_types: bool,
     needs_query_span: bool,
+    /// Graphs of isolated segments take each distinct query once (`split_inputs`).
+    split_segments: bool,
 }
 
 fn ort_err(context: &str) -> impl Fn(ort::Error) -> ModelsError + '_ {
@@ -189,6 +191,7 @@ impl Runtime {
             dir: dir.to_path_buf(),
             needs_types: manifest.inputs.iter().any(|i| i == "token_type_ids"),
             needs_query_span: manifest.inputs.iter().any(|i| i == "query_span"),
+            split_segments: manifest.inputs.iter().any(|i| i == "query_ids"),
             manifest,
             encoder,
             configs,
@@ -219,6 +222,36 @@ impl Runtime {
                 .map_err(ort_err("input tensor"))?
                 .into_dyn())
         };
+        let inputs = if self.split_segments {
+            split_inputs(batch, self.encoder.pad_id)
+                .into_iter()
+                .map(|(name, data, shape)| Ok((name.to_string(), tensor(data, shape)?)))
+                .collect::<Result<Vec<_>>>()?
+        } else {
+            self.joint_inputs(batch, &tensor, &to_i64, shape, b)?
+        };
+        let mut session = config
+            .session
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let outputs = session
+            .run(inputs)
+            .map_err(ort_err(&format!("running configuration {id}")))?;
+        let (_, scores) = outputs["scores"]
+            .try_extract_tensor::<f32>()
+            .map_err(ort_err("reading scores"))?;
+        Ok(scores.to_vec())
+    }
+
+    /// Inputs of a joint-sequence graph: the padded pairs as they are.
+    fn joint_inputs(
+        &self,
+        batch: &PaddedBatch,
+        tensor: &dyn Fn(Vec<i64>, Vec<i64>) -> Result<DynValue>,
+        to_i64: &dyn Fn(&[u32]) -> Vec<i64>,
+        shape: Vec<i64>,
+        b: usize,
+    ) -> Result<Vec<(String, DynValue)>> {
         let mut inputs: Vec<(String, DynValue)> = vec![
             (
                 "input_ids".into(),
@@ -251,17 +284,7 @@ impl Runtime {
                 tensor(spans(&batch.query), vec![b as i64, 2])?,
             ));
         }
-        let mut session = config
-            .session
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let outputs = session
-            .run(inputs)
-            .map_err(ort_err(&format!("running configuration {id}")))?;
-        let (_, scores) = outputs["scores"]
-            .try_extract_tensor::<f32>()
-            .map_err(ort_err("reading scores"))?;
-        Ok(scores.to_vec())
+        Ok(inputs)
     }
 
     /// Scores encoded pairs under `id` in token-budget batches sorted by length.
@@ -367,4 +390,101 @@ fn with_cuda(
     Err(ort::Error::new(
         "this mrank was built without the `cuda` feature; rebuild with `--features cuda`",
     ))
+}
+
+/// The inputs of a graph with isolated segments (`export::forward::build_split`) from
+/// joint BERT rows `[CLS] q [SEP] p [SEP]`: each distinct query segment `[CLS] q [SEP]`
+/// once (`query_ids`/`query_mask`, `[Q, Tq]`), each row's passage segment `p [SEP]`
+/// (`passage_ids`/`passage_mask`, `[B, Tp]`) and the query row of each passage row.
+/// Returns (name, data, shape) in graph input order.
+pub fn split_inputs(batch: &PaddedBatch, pad_id: u32) -> Vec<(&'static str, Vec<i64>, Vec<i64>)> {
+    let row = |r: usize| &batch.input_ids[r * batch.seq_len..r * batch.seq_len + batch.lengths[r]];
+    let mut queries: Vec<&[u32]> = Vec::new();
+    let mut seen: std::collections::HashMap<&[u32], usize> = std::collections::HashMap::new();
+    let mut query_index = Vec::with_capacity(batch.batch_size);
+    for r in 0..batch.batch_size {
+        let q = &row(r)[..batch.passage[r].start];
+        let next = queries.len();
+        let i = *seen.entry(q).or_insert(next);
+        if i == next {
+            queries.push(q);
+        }
+        query_index.push(i as i64);
+    }
+    let pad = |rows: &[&[u32]]| -> (Vec<i64>, Vec<i64>, Vec<i64>) {
+        let t = rows.iter().map(|r| r.len()).max().unwrap_or(0);
+        let mut ids = vec![pad_id as i64; rows.len() * t];
+        let mut mask = vec![0i64; rows.len() * t];
+        for (i, r) in rows.iter().enumerate() {
+            for (j, &tok) in r.iter().enumerate() {
+                ids[i * t + j] = tok as i64;
+                mask[i * t + j] = 1;
+            }
+        }
+        (ids, mask, vec![rows.len() as i64, t as i64])
+    };
+    let passages: Vec<&[u32]> = (0..batch.batch_size)
+        .map(|r| &row(r)[batch.passage[r].start..])
+        .collect();
+    let (q_ids, q_mask, q_shape) = pad(&queries);
+    let (p_ids, p_mask, p_shape) = pad(&passages);
+    let b = batch.batch_size as i64;
+    vec![
+        ("query_ids", q_ids, q_shape.clone()),
+        ("query_mask", q_mask, q_shape),
+        ("passage_ids", p_ids, p_shape.clone()),
+        ("passage_mask", p_mask, p_shape),
+        ("query_index", query_index, vec![b]),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::encoding::{EncodedPair, Span};
+
+    fn pair(query: &[u32], passage: &[u32]) -> EncodedPair {
+        let mut ids = vec![101];
+        ids.extend_from_slice(query);
+        ids.push(102);
+        let start = ids.len();
+        ids.extend_from_slice(passage);
+        ids.push(102);
+        EncodedPair {
+            token_type_ids: vec![0; ids.len()],
+            query: Span {
+                start: 1,
+                len: query.len(),
+            },
+            passage: Span {
+                start,
+                len: passage.len(),
+            },
+            score_pos: 0,
+            input_ids: ids,
+            prompt: None,
+            truncated: false,
+        }
+    }
+
+    #[test]
+    fn split_inputs_encode_each_distinct_query_once() {
+        let pairs = [
+            pair(&[5, 6], &[9]),
+            pair(&[7], &[8, 8, 8]),
+            pair(&[5, 6], &[4, 4]),
+        ];
+        let batch = PaddedBatch::new(&pairs, 0);
+        let inputs = split_inputs(&batch, 0);
+        let get = |name: &str| inputs.iter().find(|i| i.0 == name).unwrap();
+        assert_eq!(get("query_ids").2, vec![2, 4]);
+        assert_eq!(get("query_ids").1, vec![101, 5, 6, 102, 101, 7, 102, 0]);
+        assert_eq!(get("query_mask").1, vec![1, 1, 1, 1, 1, 1, 1, 0]);
+        assert_eq!(get("passage_ids").2, vec![3, 4]);
+        assert_eq!(
+            get("passage_ids").1,
+            vec![9, 102, 0, 0, 8, 8, 8, 102, 4, 4, 102, 0]
+        );
+        assert_eq!(get("query_index").1, vec![0, 1, 0]);
+    }
 }

@@ -11,8 +11,6 @@ use crate::weights::ModelWeights;
 
 pub struct BertGraph {
     pub config: BertConfig,
-    /// Query and passage in isolated segments (trainer: `Bert::isolate_segments`).
-    pub isolate_segments: bool,
 }
 
 /// GELU: the exact erf form for `gelu`, the tanh approximation otherwise (as transformers).
@@ -52,18 +50,6 @@ impl GraphFamily for BertGraph {
     /// The additive mask of the explicit attention path and the int32 key mask of the
     /// fused one.
     fn prepare(&self, g: &mut GraphBuilder, layout: &Layout) -> Result<Vec<String>> {
-        if self.isolate_segments {
-            // Isolated segments: an additive [B, 1, T, T] bias for the explicit path and
-            // MultiHeadAttention, a raw [B, T, T] 1/0 mask for the fused Attention.
-            let visible = layout.segment_visible(g);
-            let hidden = g.not(&visible);
-            let hidden = g.to_f32(&hidden);
-            let masked = g.scalar_f32(crate::graph::MASKED);
-            let additive = g.mul(&hidden, &masked);
-            let additive = g.unsqueeze(&additive, &[1]);
-            let raw = g.cast(&visible, crate::onnx::data_type::INT32);
-            return Ok(vec![additive, String::new(), raw]);
-        }
         let additive = layout.padding_mask(g);
         let real = layout.real_tokens(g);
         let keys = g.cast(&real, crate::onnx::data_type::INT32);
@@ -81,26 +67,21 @@ impl GraphFamily for BertGraph {
         let positions = w.shared(g, "embeddings.position_embeddings.weight")?;
         let gamma = w.shared(g, "embeddings.LayerNorm.weight")?;
         let beta = w.shared(g, "embeddings.LayerNorm.bias")?;
-        let tt = inputs
-            .token_type_ids
-            .as_deref()
-            .expect("bert graphs take token types");
         let ids = g.cast(&inputs.input_ids, crate::onnx::data_type::INT32);
-        let tt = if self.isolate_segments {
-            // Isolated segments use token type 0 throughout (trainer: `Bert::embed`).
-            let zero = g.scalar_i64(0);
-            let zeros = g.mul(tt, &zero);
-            g.cast(&zeros, crate::onnx::data_type::INT32)
-        } else {
-            g.cast(tt, crate::onnx::data_type::INT32)
+        let tt = match &inputs.token_type_ids {
+            Some(tt) => g.cast(tt, crate::onnx::data_type::INT32),
+            // Type 0 throughout (isolated segments; trainer: `Bert::embed`).
+            None => {
+                let zero = g.scalar_i64(0);
+                let zeros = g.mul(&inputs.input_ids, &zero);
+                g.cast(&zeros, crate::onnx::data_type::INT32)
+            }
         };
         let mut args = vec![ids, tt, words, positions, types, gamma, beta];
-        if self.isolate_segments {
-            // Positions restart in the passage segment: optional inputs 7 (mask, unused)
-            // and 8 (position ids).
-            let pos = inputs.layout.segment_positions(g);
+        if let Some(pos) = &inputs.position_ids {
+            // Optional inputs 7 (mask, unused) and 8 (position ids).
             args.push(String::new());
-            args.push(g.cast(&pos, crate::onnx::data_type::INT32));
+            args.push(g.cast(pos, crate::onnx::data_type::INT32));
         }
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         // Its schema requires the mask-index output, unused here.
@@ -174,16 +155,9 @@ impl GraphFamily for BertGraph {
                 (merge_heads(g, &context, c.hidden_size), Some(attn))
             } else {
                 // Branches on q, k or v: separate projections, fused attention.
-                // Isolated segments pass their [B, 1, T, T] bias (input 5) instead of
-                // the key padding mask (input 4).
-                let mha_inputs: Vec<&str> = if self.isolate_segments {
-                    vec![&q, &k, &v, "", "", &prepared[0]]
-                } else {
-                    vec![&q, &k, &v, "", &prepared[1]]
-                };
                 let context = g.contrib_op(
                     "MultiHeadAttention",
-                    &mha_inputs,
+                    &[&q, &k, &v, "", &prepared[1]],
                     vec![
                         AttributeProto::int("num_heads", heads as i64),
                         AttributeProto::float("scale", scale),

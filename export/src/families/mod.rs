@@ -13,9 +13,10 @@ use crate::weights::ModelWeights;
 /// The graph inputs of a family (token types only exist for BERT).
 pub struct Inputs {
     pub input_ids: String,
+    /// BERT token types; `None` (or a family with isolated segments) embeds type 0.
     pub token_type_ids: Option<String>,
-    /// The input layout (spans), for embeddings that depend on it.
-    pub layout: Layout,
+    /// `[B, T]` int64 position ids; `None` is `0..T` in every row.
+    pub position_ids: Option<String>,
 }
 
 /// What a family implements; `crate::forward::build` drives it like the trainer's
