@@ -38,6 +38,11 @@ pub struct BenchArgs {
     /// Padded tokens per batch.
     #[arg(long, default_value_t = 8192)]
     pub batch_tokens: usize,
+    /// `request`: each query's candidates are one re-rank request, split into
+    /// token-budget batches sorted by length (how the server batches, and what a
+    /// re-ranker receives); `global`: all pairs sorted by length across queries.
+    #[arg(long, default_value = "request")]
+    pub batching: String,
     /// Timed rounds (median reported).
     #[arg(long, default_value_t = 3)]
     pub repeats: usize,
@@ -55,10 +60,11 @@ pub struct BenchArgs {
 struct Peer {
     session: Session,
     inputs: Vec<String>,
+    pad_id: u32,
 }
 
 impl Peer {
-    fn load(path: &PathBuf, threads: usize) -> Result<Self> {
+    fn load(path: &PathBuf, threads: usize, pad_id: u32) -> Result<Self> {
         // The same process-wide thread pool as mrank's sessions.
         let env = init_onnxruntime(threads)?;
         let build = || -> ort::Result<Session> {
@@ -72,10 +78,15 @@ impl Peer {
             .iter()
             .map(|i| i.name().to_string())
             .collect();
-        Ok(Peer { session, inputs })
+        Ok(Peer {
+            session,
+            inputs,
+            pad_id,
+        })
     }
 
-    fn run(&mut self, batch: &PaddedBatch) -> Result<()> {
+    /// Scores of one batch (the peer's single output).
+    fn run(&mut self, batch: &PaddedBatch) -> Result<Vec<f32>> {
         let (b, t) = (batch.batch_size as i64, batch.seq_len as i64);
         let ints = |v: &[u32]| v.iter().map(|&x| x as i64).collect::<Vec<i64>>();
         let spans = |s: &[models::Span]| {
@@ -84,7 +95,21 @@ impl Peer {
                 .collect::<Vec<i64>>()
         };
         let mut values: Vec<(String, ort::value::DynValue)> = Vec::new();
+        // A peer of isolated-segment adapters takes each row's query and passage as
+        // separate sequences (no sharing of a query between rows).
+        let split = if self.inputs.iter().any(|i| i == "query_ids") {
+            models::runtime::split_inputs(batch, self.pad_id, false)
+        } else {
+            Vec::new()
+        };
         for name in &self.inputs {
+            if let Some((_, data, shape)) = split.iter().find(|(n, _, _)| n == name) {
+                values.push((
+                    name.clone(),
+                    Tensor::from_array((shape.clone(), data.clone()))?.into_dyn(),
+                ));
+                continue;
+            }
             let (shape, data) = match name.as_str() {
                 "input_ids" => (vec![b, t], ints(&batch.input_ids)),
                 "attention_mask" => (vec![b, t], ints(&batch.attention_mask())),
@@ -95,8 +120,9 @@ impl Peer {
             };
             values.push((name.clone(), Tensor::from_array((shape, data))?.into_dyn()));
         }
-        self.session.run(values)?;
-        Ok(())
+        let outputs = self.session.run(values)?;
+        let (_, scores) = outputs[0].try_extract_tensor::<f32>()?;
+        Ok(scores.to_vec())
     }
 }
 
@@ -165,33 +191,43 @@ pub fn run(args: BenchArgs) -> Result<()> {
     if args.queries > 0 {
         queries.truncate(args.queries);
     }
-    let pairs: Vec<EncodedPair> = queries
+    let requests: Vec<Vec<EncodedPair>> = queries
         .iter()
-        .flat_map(|q| q.candidates.iter().map(move |c| (q, c)))
-        .map(|(q, c)| runtime.encoder.encode(&q.query, &c.text, None))
+        .map(|q| {
+            q.candidates
+                .iter()
+                .map(|c| runtime.encoder.encode(&q.query, &c.text, None))
+                .collect::<models::Result<Vec<_>>>()
+        })
         .collect::<models::Result<_>>()?;
-    let batches: Vec<PaddedBatch> =
-        models::encoding::token_budget_batches(&pairs, args.batch_tokens)
-            .iter()
-            .map(|idx| {
-                let chunk: Vec<EncodedPair> = idx.iter().map(|&i| pairs[i].clone()).collect();
-                PaddedBatch::new(&chunk, runtime.encoder.pad_id)
-            })
-            .collect();
+    let groups: Vec<Vec<EncodedPair>> = match args.batching.as_str() {
+        "request" => requests,
+        "global" => vec![requests.into_iter().flatten().collect()],
+        other => bail!("--batching {other}: use request or global"),
+    };
+    let mut batches: Vec<PaddedBatch> = Vec::new();
+    for group in &groups {
+        for idx in models::encoding::token_budget_batches(group, args.batch_tokens) {
+            let chunk: Vec<EncodedPair> = idx.iter().map(|&i| group[i].clone()).collect();
+            batches.push(PaddedBatch::new(&chunk, runtime.encoder.pad_id));
+        }
+    }
+    let pairs: Vec<EncodedPair> = groups.into_iter().flatten().collect();
     let tokens: usize = pairs.iter().map(|p| p.len()).sum();
     eprintln!(
-        "bench: {} pairs from {} queries ({:.0} tokens/pair), {} batches of ≤{} padded tokens, {} threads, {} rounds",
+        "bench: {} pairs from {} queries ({:.0} tokens/pair), {} batches of ≤{} padded tokens ({} batching), {} threads, {} rounds",
         pairs.len(),
         queries.len(),
         tokens as f64 / pairs.len().max(1) as f64,
         batches.len(),
         args.batch_tokens,
+        args.batching,
         if args.threads == 0 { "all".to_string() } else { args.threads.to_string() },
         args.repeats
     );
     let mut peer = match &args.peer {
         Some(p) => Some(
-            Peer::load(p, args.threads)
+            Peer::load(p, args.threads, runtime.encoder.pad_id)
                 .with_context(|| format!("loading the peer graph {}", p.display()))?,
         ),
         None => None,
@@ -205,7 +241,25 @@ pub fn run(args: BenchArgs) -> Result<()> {
         runtime.run(id, largest)?;
     }
     if let Some(p) = peer.as_mut() {
-        p.run(largest)?;
+        // The peer must compute the same function as mrank's full configuration.
+        let theirs = p.run(largest)?;
+        if let Some(full) = ids.iter().find(|id| id.as_str() == "full") {
+            let ours = runtime.run(full, largest)?;
+            let scale = ours.iter().fold(1e-6f32, |m, v| m.max(v.abs()));
+            let err = ours
+                .iter()
+                .zip(&theirs)
+                .fold(0f32, |m, (a, b)| m.max((a - b).abs()))
+                / scale;
+            if ours.len() != theirs.len() || err > 1e-3 {
+                bail!(
+                    "the peer graph does not compute mrank's full configuration (relative \
+                     difference {err:e} on a batch of {}); rebuild it from the same adapters",
+                    ours.len()
+                );
+            }
+            eprintln!("peer agrees with full: relative difference {err:.1e}");
+        }
     }
     let mut rates: Vec<Vec<f64>> = vec![Vec::new(); ids.len()];
     let mut peer_rates = Vec::new();
@@ -282,6 +336,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
             "pairs": pairs.len(),
             "threads": args.threads,
             "batch_tokens": args.batch_tokens,
+            "batching": args.batching,
             "repeats": args.repeats,
             "peer": args.peer.as_ref().map(|p| p.display().to_string()),
             "peer_pairs_per_s": peer_rate,

@@ -223,7 +223,7 @@ impl Runtime {
                 .into_dyn())
         };
         let inputs = if self.split_segments {
-            split_inputs(batch, self.encoder.pad_id)
+            split_inputs(batch, self.encoder.pad_id, true)
                 .into_iter()
                 .map(|(name, data, shape)| Ok((name.to_string(), tensor(data, shape)?)))
                 .collect::<Result<Vec<_>>>()?
@@ -396,8 +396,13 @@ fn with_cuda(
 /// joint BERT rows `[CLS] q [SEP] p [SEP]`: each distinct query segment `[CLS] q [SEP]`
 /// once (`query_ids`/`query_mask`, `[Q, Tq]`), each row's passage segment `p [SEP]`
 /// (`passage_ids`/`passage_mask`, `[B, Tp]`) and the query row of each passage row.
-/// Returns (name, data, shape) in graph input order.
-pub fn split_inputs(batch: &PaddedBatch, pad_id: u32) -> Vec<(&'static str, Vec<i64>, Vec<i64>)> {
+/// Without `dedup` every row keeps its own query (`Q = B`; what a per-pair peer graph
+/// takes). Returns (name, data, shape) in graph input order.
+pub fn split_inputs(
+    batch: &PaddedBatch,
+    pad_id: u32,
+    dedup: bool,
+) -> Vec<(&'static str, Vec<i64>, Vec<i64>)> {
     let row = |r: usize| &batch.input_ids[r * batch.seq_len..r * batch.seq_len + batch.lengths[r]];
     let mut queries: Vec<&[u32]> = Vec::new();
     let mut seen: std::collections::HashMap<&[u32], usize> = std::collections::HashMap::new();
@@ -405,7 +410,11 @@ pub fn split_inputs(batch: &PaddedBatch, pad_id: u32) -> Vec<(&'static str, Vec<
     for r in 0..batch.batch_size {
         let q = &row(r)[..batch.passage[r].start];
         let next = queries.len();
-        let i = *seen.entry(q).or_insert(next);
+        let i = if dedup {
+            *seen.entry(q).or_insert(next)
+        } else {
+            next
+        };
         if i == next {
             queries.push(q);
         }
@@ -475,7 +484,10 @@ mod tests {
             pair(&[5, 6], &[4, 4]),
         ];
         let batch = PaddedBatch::new(&pairs, 0);
-        let inputs = split_inputs(&batch, 0);
+        let inputs = split_inputs(&batch, 0, true);
+        let per_row = split_inputs(&batch, 0, false);
+        assert_eq!(per_row[0].2, vec![3, 4]);
+        assert_eq!(per_row[4].1, vec![0, 1, 2]);
         let get = |name: &str| inputs.iter().find(|i| i.0 == name).unwrap();
         assert_eq!(get("query_ids").2, vec![2, 4]);
         assert_eq!(get("query_ids").1, vec![101, 5, 6, 102, 101, 7, 102, 0]);
