@@ -122,15 +122,25 @@ fn quality_table() -> Vec<(String, f64)> {
 }
 
 fn adapters_stamp(path: &std::path::Path) -> Result<String> {
-    let meta = std::fs::metadata(path).with_context(|| {
+    use std::hash::{Hash, Hasher};
+    let bytes = std::fs::read(path).with_context(|| {
         format!(
             "{}: the embedded default's adapters are missing",
             path.display()
         )
     })?;
+    // Content, the committed qualities (which pick the served set) and the exporter
+    // revision: any change re-exports.
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    bytes.hash(&mut hasher);
+    std::fs::read(path.with_file_name("eval.json"))
+        .unwrap_or_default()
+        .hash(&mut hasher);
     Ok(format!(
-        "{} bytes, version {}",
-        meta.len(),
+        "{} bytes, content {:016x}, exporter revision {}, version {}",
+        bytes.len(),
+        hasher.finish(),
+        export::EXPORTER_REVISION,
         env!("CARGO_PKG_VERSION")
     ))
 }
