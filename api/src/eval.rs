@@ -38,6 +38,11 @@ pub struct EvalArgs {
     /// "without compensation" ablation).
     #[arg(long)]
     pub without_compensation: bool,
+    /// Score with query and passage in isolated segments (`model.isolate_segments`;
+    /// for the untrained base, where it gives each depth's bi-encoder cosine). Implies
+    /// uniform merging.
+    #[arg(long)]
+    pub isolate_segments: bool,
     /// Padded tokens per forward batch.
     #[arg(long, default_value_t = 8192)]
     pub batch_tokens: usize,
@@ -94,6 +99,14 @@ pub fn run(args: EvalArgs) -> Result<()> {
         trainer::adapters::parse_merge_mode(mode)
             .with_context(|| format!("--merge-mode {mode}: use attention or uniform"))?;
         reranker.adapters.meta.merge_mode = mode.clone();
+    }
+    if args.isolate_segments {
+        reranker
+            .backbone
+            .isolate_segments(true)
+            .with_context(|| format!("--isolate-segments on {name}"))?;
+        reranker.adapters.meta.isolate_segments = true;
+        reranker.adapters.meta.merge_mode = "uniform".into();
     }
     if args.without_compensation {
         reranker.adapters.sets.retain(|name, _| name == "sd");
