@@ -88,15 +88,7 @@ pub fn build(
     }
     let normed = family.pre_readout(g, w, &hidden)?;
     let features = readout(g, &normed, &layout, readout_kind);
-    let (head_w, head_b) = w.head(g, sub.depth)?;
-    let mut score = g.matmul(&features, &head_w);
-    if let Some(b) = head_b {
-        score = g.add(&score, &b);
-    }
-    let score = g.squeeze(&score, &[1]);
-    let score = family.transform_score(g, &score);
-    g.output(&score, "scores", data_type::FLOAT, &[Named("batch")]);
-    Ok(())
+    score_output(g, family, w, sub.depth, &features)
 }
 
 /// Inputs of a graph with isolated segments (`build_split`), in order.
@@ -136,7 +128,7 @@ pub fn build_split(
     // Query: `[CLS] q [SEP]`, positions 0.., read over the query tokens `1..len-1`.
     let q_len = g.reduce_sum(&query_mask, &[1], false);
     let q_end = g.sub(&q_len, &one);
-    let q_zeros = g_zeros(g, &q_len);
+    let q_zeros = zeros_like(g, &q_len);
     let q_start = g.add(&q_zeros, &one);
     let q_layout = Layout {
         lengths: q_len.clone(),
@@ -150,7 +142,7 @@ pub fn build_split(
     // Passage: `p [SEP]`, positions 1.., read (and merged) over `0..len-1`.
     let p_len = g.reduce_sum(&passage_mask, &[1], false);
     let p_end = g.sub(&p_len, &one);
-    let p_start = g_zeros(g, &p_len);
+    let p_start = zeros_like(g, &p_len);
     let mut p_layout = Layout {
         lengths: p_len,
         passage_start: p_start.clone(),
@@ -215,19 +207,36 @@ pub fn build_split(
     );
     let q_rows = g.gather(&q_vec, &query_index, 0);
     let features = g.mul(&q_rows, &p_vec);
-    let (head_w, head_b) = w.head(g, sub.depth)?;
-    let mut score = g.matmul(&features, &head_w);
+    score_output(g, family, w, sub.depth, &features)
+}
+
+/// `[B]` int64 zeros shaped like `lengths`.
+fn zeros_like(g: &mut GraphBuilder, lengths: &str) -> String {
+    let zero = g.scalar_i64(0);
+    g.mul(lengths, &zero)
+}
+
+/// The depth's head on the `[B, H]` features, the family's score transform, and the
+/// `scores` output `[B]`.
+fn score_output(
+    g: &mut GraphBuilder,
+    family: &dyn GraphFamily,
+    w: &ModelWeights,
+    depth: usize,
+    features: &str,
+) -> Result<()> {
+    let (head_w, head_b) = w.head(g, depth)?;
+    let mut score = g.matmul(features, &head_w);
     if let Some(b) = head_b {
         score = g.add(&score, &b);
     }
     let score = g.squeeze(&score, &[1]);
     let score = family.transform_score(g, &score);
-    g.output(&score, "scores", data_type::FLOAT, &[Named("batch")]);
+    g.output(
+        &score,
+        "scores",
+        data_type::FLOAT,
+        &[DimSpec::Named("batch")],
+    );
     Ok(())
-}
-
-/// `[B]` int64 zeros shaped like `lengths`.
-fn g_zeros(g: &mut GraphBuilder, lengths: &str) -> String {
-    let zero = g.scalar_i64(0);
-    g.mul(lengths, &zero)
 }

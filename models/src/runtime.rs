@@ -214,22 +214,20 @@ impl Runtime {
                 self.config_ids().join(", ")
             ))
         })?;
-        let (b, t) = (batch.batch_size, batch.seq_len);
-        let to_i64 = |v: &[u32]| v.iter().map(|&x| x as i64).collect::<Vec<i64>>();
-        let shape = vec![b as i64, t as i64];
-        let tensor = |data: Vec<i64>, shape: Vec<i64>| -> Result<DynValue> {
-            Ok(Tensor::from_array((shape, data))
-                .map_err(ort_err("input tensor"))?
-                .into_dyn())
-        };
-        let inputs = if self.split_segments {
+        let named = if self.split_segments {
             split_inputs(batch, self.encoder.pad_id, true)
-                .into_iter()
-                .map(|(name, data, shape)| Ok((name.to_string(), tensor(data, shape)?)))
-                .collect::<Result<Vec<_>>>()?
         } else {
-            self.joint_inputs(batch, &tensor, &to_i64, shape, b)?
+            self.joint_inputs(batch)
         };
+        let inputs = named
+            .into_iter()
+            .map(|(name, data, shape)| {
+                let value = Tensor::from_array((shape, data))
+                    .map_err(ort_err("input tensor"))?
+                    .into_dyn();
+                Ok((name.to_string(), value))
+            })
+            .collect::<Result<Vec<(String, DynValue)>>>()?;
         let mut session = config
             .session
             .lock()
@@ -243,48 +241,29 @@ impl Runtime {
         Ok(scores.to_vec())
     }
 
-    /// Inputs of a joint-sequence graph: the padded pairs as they are.
-    fn joint_inputs(
-        &self,
-        batch: &PaddedBatch,
-        tensor: &dyn Fn(Vec<i64>, Vec<i64>) -> Result<DynValue>,
-        to_i64: &dyn Fn(&[u32]) -> Vec<i64>,
-        shape: Vec<i64>,
-        b: usize,
-    ) -> Result<Vec<(String, DynValue)>> {
-        let mut inputs: Vec<(String, DynValue)> = vec![
-            (
-                "input_ids".into(),
-                tensor(to_i64(&batch.input_ids), shape.clone())?,
-            ),
-            (
-                "attention_mask".into(),
-                tensor(to_i64(&batch.attention_mask()), shape.clone())?,
-            ),
-        ];
-        if self.needs_types {
-            inputs.push((
-                "token_type_ids".into(),
-                tensor(to_i64(&batch.token_type_ids), shape.clone())?,
-            ));
-        }
+    /// Inputs of a joint-sequence graph: the padded pairs as they are, as (name, data,
+    /// shape) in graph input order.
+    fn joint_inputs(&self, batch: &PaddedBatch) -> Vec<(&'static str, Vec<i64>, Vec<i64>)> {
+        let (b, t) = (batch.batch_size as i64, batch.seq_len as i64);
+        let ints = |v: &[u32]| v.iter().map(|&x| x as i64).collect::<Vec<i64>>();
         let spans = |spans: &[crate::Span]| -> Vec<i64> {
             spans
                 .iter()
                 .flat_map(|s| [s.start as i64, s.end() as i64])
                 .collect()
         };
-        inputs.push((
-            "passage_span".into(),
-            tensor(spans(&batch.passage), vec![b as i64, 2])?,
-        ));
-        if self.needs_query_span {
-            inputs.push((
-                "query_span".into(),
-                tensor(spans(&batch.query), vec![b as i64, 2])?,
-            ));
+        let mut inputs = vec![
+            ("input_ids", ints(&batch.input_ids), vec![b, t]),
+            ("attention_mask", ints(&batch.attention_mask()), vec![b, t]),
+        ];
+        if self.needs_types {
+            inputs.push(("token_type_ids", ints(&batch.token_type_ids), vec![b, t]));
         }
-        Ok(inputs)
+        inputs.push(("passage_span", spans(&batch.passage), vec![b, 2]));
+        if self.needs_query_span {
+            inputs.push(("query_span", spans(&batch.query), vec![b, 2]));
+        }
+        inputs
     }
 
     /// Scores encoded pairs under `id` in token-budget batches sorted by length.

@@ -3,7 +3,7 @@
 mod common;
 
 use candle_core::{Device, Tensor};
-use common::{fixture, ints, load, rel_err_real, tiny};
+use common::{fixture, ints, load, max_abs_diff, rel_err_real, tiny};
 use models::{Span, SubStructure};
 use rand::{Rng, SeedableRng};
 use trainer::merge::{apply_merge, plan_merge};
@@ -305,15 +305,7 @@ fn isolated_segments_encode_the_passage_independently_of_the_query() {
         for row in 0..b {
             let span = layout.passage[row];
             let rows = |h: &Tensor| h.get(row).unwrap().narrow(0, span.start, span.len).unwrap();
-            let d = (rows(last_a) - rows(last_c))
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
-            gap = gap.max(d);
+            gap = gap.max(max_abs_diff(&rows(last_a), &rows(last_c)));
         }
         gap
     };

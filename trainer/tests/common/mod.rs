@@ -100,6 +100,18 @@ pub fn tiny(name: &str) -> Fixture {
     }
 }
 
+/// max |a - b| over all elements of two same-shaped tensors.
+pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
+
 /// Norm-relative error at real positions: max |a - b| / max |b| over the first
 /// `lengths[row]` positions of each row of `[B, T, H]` tensors (T may differ).
 pub fn rel_err_real(a: &Tensor, b: &Tensor, lengths: &[usize]) -> f32 {
@@ -108,14 +120,7 @@ pub fn rel_err_real(a: &Tensor, b: &Tensor, lengths: &[usize]) -> f32 {
     for (row, &len) in lengths.iter().enumerate() {
         let x = a.get(row).unwrap().narrow(0, 0, len).unwrap();
         let y = b.get(row).unwrap().narrow(0, 0, len).unwrap();
-        let d = (x - &y)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let d = max_abs_diff(&x, &y);
         let r = y
             .abs()
             .unwrap()
