@@ -105,6 +105,10 @@ pub fn run(args: EvalArgs) -> Result<()> {
             .backbone
             .isolate_segments(true)
             .with_context(|| format!("--isolate-segments on {name}"))?;
+        reranker
+            .encoder
+            .set_isolated_segments(true)
+            .with_context(|| format!("--isolate-segments on {name}"))?;
         reranker.adapters.meta.isolate_segments = true;
         reranker.adapters.meta.merge_mode = "uniform".into();
     }

@@ -64,7 +64,6 @@ pub fn build(
     let inputs = Inputs {
         input_ids: ids,
         token_type_ids: types,
-        position_ids: None,
     };
     let mut hidden = family.embed(g, w, &inputs)?;
     let mut prepared = family.prepare(g, &layout)?;
@@ -139,10 +138,11 @@ pub fn build_split(
         seq_len: g.dim(&query_ids, 1),
         scoring: ScoringPosition::First,
     };
-    // Passage: `p [SEP]`, positions 1.., read (and merged) over `0..len-1`.
+    // Passage: `[CLS] p [SEP]`, positions 0.., read (and merged) over `1..len-1`.
     let p_len = g.reduce_sum(&passage_mask, &[1], false);
     let p_end = g.sub(&p_len, &one);
-    let p_start = zeros_like(g, &p_len);
+    let p_zeros = zeros_like(g, &p_len);
+    let p_start = g.add(&p_zeros, &one);
     let mut p_layout = Layout {
         lengths: p_len,
         passage_start: p_start.clone(),
@@ -152,18 +152,12 @@ pub fn build_split(
         seq_len: g.dim(&passage_ids, 1),
         scoring: ScoringPosition::First,
     };
-    let p_positions = {
-        let r = g.range(&p_layout.seq_len);
-        let r = g.add(&r, &one);
-        g.unsqueeze(&r, &[0])
-    };
     let mut q_hidden = family.embed(
         g,
         w,
         &Inputs {
             input_ids: query_ids,
             token_type_ids: None,
-            position_ids: None,
         },
     )?;
     let mut p_hidden = family.embed(
@@ -172,7 +166,6 @@ pub fn build_split(
         &Inputs {
             input_ids: passage_ids,
             token_type_ids: None,
-            position_ids: Some(p_positions),
         },
     )?;
     let q_prepared = family.prepare(g, &q_layout)?;

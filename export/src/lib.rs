@@ -30,7 +30,7 @@ pub const SHARED_WEIGHTS_FILE: &str = "weights.bin";
 
 /// Bumped whenever graphs change for the same inputs, so cached exports (the embedded
 /// default's) are rebuilt.
-pub const EXPORTER_REVISION: u32 = 3;
+pub const EXPORTER_REVISION: u32 = 4;
 
 /// What to export.
 pub struct ExportRequest<'a> {
@@ -118,7 +118,8 @@ pub fn export_with(
         })?;
     }
     std::fs::create_dir_all(req.out).map_err(io_err(req.out))?;
-    let encoder = models::PairEncoder::new(checkpoint, req.max_length)?;
+    let encoder =
+        models::PairEncoder::new(checkpoint, req.max_length)?.with_isolated_segments(isolated)?;
     let lengths = encoder.reference_lengths();
     let full_flops = pair_flops(&dims, lengths, &SubStructure::full(dims.num_layers));
     let mut store = WeightStore::new(SHARED_WEIGHTS_FILE);

@@ -118,7 +118,10 @@ fn check_family(
     let mut backbone = load_backbone(&checkpoint, &Device::Cpu).unwrap();
     backbone.isolate_segments(isolate_segments).unwrap();
     adapters.merge_set_into("sd", backbone.as_mut()).unwrap();
-    let encoder = PairEncoder::new(&checkpoint, max_length).unwrap();
+    let encoder = PairEncoder::new(&checkpoint, max_length)
+        .unwrap()
+        .with_isolated_segments(isolate_segments)
+        .unwrap();
     let mut reranker = Reranker::from_parts(
         backbone,
         dims.clone(),

@@ -67,6 +67,9 @@ enum Template {
     Bert {
         cls: u32,
         sep: u32,
+        /// `[CLS]` again before the passage, for isolated segments: each segment is then
+        /// `[CLS] text [SEP]`, exactly what the base saw as a bi-encoder.
+        passage_cls: bool,
     },
     Decoder {
         bos: Option<u32>,
@@ -118,6 +121,7 @@ impl PairEncoder {
                     Template::Bert {
                         cls: id("[CLS]")?,
                         sep: id("[SEP]")?,
+                        passage_cls: false,
                     },
                     c.pad_token_id.unwrap_or(0),
                 )
@@ -159,6 +163,46 @@ impl PairEncoder {
         self.family
     }
 
+    /// Encodes pairs for a model with isolated segments (`isolate_segments` in the
+    /// adapters): `[CLS] q [SEP] [CLS] p [SEP]`, so the passage segment starts with its
+    /// own `[CLS]` at `passage.start - 1`. Decoders have no isolated form and are refused.
+    pub fn with_isolated_segments(mut self, on: bool) -> Result<Self> {
+        self.set_isolated_segments(on)?;
+        Ok(self)
+    }
+
+    /// As `with_isolated_segments`, in place.
+    pub fn set_isolated_segments(&mut self, on: bool) -> Result<()> {
+        match &mut self.template {
+            Template::Bert { passage_cls, .. } => *passage_cls = on,
+            Template::Decoder { .. } if on => {
+                return Err(ModelsError::Encoding(
+                    "isolated segments are defined for BERT-family encoders only".into(),
+                ))
+            }
+            Template::Decoder { .. } => {}
+        }
+        if self.template_tokens() + 2 > self.max_length {
+            return Err(ModelsError::Encoding(format!(
+                "max_length {} leaves no room for query and passage after the {} template tokens",
+                self.max_length,
+                self.template_tokens()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Whether pairs are encoded for isolated segments (`with_isolated_segments`).
+    pub fn isolated_segments(&self) -> bool {
+        matches!(
+            self.template,
+            Template::Bert {
+                passage_cls: true,
+                ..
+            }
+        )
+    }
+
     pub fn tokenizer(&self) -> &Tokenizer {
         &self.tokenizer
     }
@@ -166,7 +210,7 @@ impl PairEncoder {
     /// Tokens the template adds around query and passage.
     pub fn template_tokens(&self) -> usize {
         match &self.template {
-            Template::Bert { .. } => 3,
+            Template::Bert { passage_cls, .. } => 3 + *passage_cls as usize,
             Template::Decoder {
                 bos,
                 newline,
@@ -228,7 +272,11 @@ impl PairEncoder {
         let mut ids = Vec::with_capacity(q.len() + p.len() + self.template_tokens());
         let mut types = Vec::with_capacity(ids.capacity());
         let (query_span, passage_span, prompt_span) = match &self.template {
-            Template::Bert { cls, sep } => {
+            Template::Bert {
+                cls,
+                sep,
+                passage_cls,
+            } => {
                 ids.push(*cls);
                 let query_span = Span {
                     start: 1,
@@ -236,6 +284,9 @@ impl PairEncoder {
                 };
                 ids.extend_from_slice(&q);
                 ids.push(*sep);
+                if *passage_cls {
+                    ids.push(*cls);
+                }
                 types.resize(ids.len(), 0);
                 let passage_span = Span {
                     start: ids.len(),
@@ -292,7 +343,7 @@ impl PairEncoder {
     /// Token counts at the reference lengths (query 32, passage 128) for FLOP reports.
     pub fn reference_lengths(&self) -> PairLengths {
         let template_before = match &self.template {
-            Template::Bert { .. } => 2,
+            Template::Bert { passage_cls, .. } => 2 + *passage_cls as usize,
             Template::Decoder { bos, newline, .. } => bos.is_some() as usize + newline.len(),
         };
         PairLengths {

@@ -8,7 +8,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{ModelsError, Result};
 
-pub const MANIFEST_FORMAT: &str = "mrank-manifest/1";
+/// 2: split graphs (isolated segments) take passages as `[CLS] p [SEP]`, positions from 0.
+pub const MANIFEST_FORMAT: &str = "mrank-manifest/2";
 pub const MANIFEST_FILE: &str = "manifest.json";
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

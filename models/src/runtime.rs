@@ -112,12 +112,14 @@ impl Runtime {
         let model_config = ModelConfig::from_file(&config_path)?;
         let tokenizer =
             crate::checkpoint::load_tokenizer(&dir.join(&manifest.tokenizer), &model_config)?;
+        let split_segments = manifest.inputs.iter().any(|i| i == "query_ids");
         let encoder = PairEncoder::from_parts(
             tokenizer,
             &model_config,
             manifest.max_length,
             DEFAULT_PROMPT,
-        )?;
+        )?
+        .with_isolated_segments(split_segments)?;
         if let Some(wanted) = &options.configs {
             for id in wanted {
                 if manifest.config(id).is_none() {
@@ -191,7 +193,7 @@ impl Runtime {
             dir: dir.to_path_buf(),
             needs_types: manifest.inputs.iter().any(|i| i == "token_type_ids"),
             needs_query_span: manifest.inputs.iter().any(|i| i == "query_span"),
-            split_segments: manifest.inputs.iter().any(|i| i == "query_ids"),
+            split_segments,
             manifest,
             encoder,
             configs,
@@ -372,9 +374,10 @@ fn with_cuda(
 }
 
 /// The inputs of a graph with isolated segments (`export::forward::build_split`) from
-/// joint BERT rows `[CLS] q [SEP] p [SEP]`: each distinct query segment `[CLS] q [SEP]`
-/// once (`query_ids`/`query_mask`, `[Q, Tq]`), each row's passage segment `p [SEP]`
-/// (`passage_ids`/`passage_mask`, `[B, Tp]`) and the query row of each passage row.
+/// joint BERT rows `[CLS] q [SEP] [CLS] p [SEP]` (`PairEncoder::with_isolated_segments`):
+/// each distinct query segment `[CLS] q [SEP]` once (`query_ids`/`query_mask`, `[Q, Tq]`),
+/// each row's passage segment `[CLS] p [SEP]` (`passage_ids`/`passage_mask`, `[B, Tp]`)
+/// and the query row of each passage row.
 /// Without `dedup` every row keeps its own query (`Q = B`; what a per-pair peer graph
 /// takes). Returns (name, data, shape) in graph input order.
 pub fn split_inputs(
@@ -383,11 +386,13 @@ pub fn split_inputs(
     dedup: bool,
 ) -> Vec<(&'static str, Vec<i64>, Vec<i64>)> {
     let row = |r: usize| &batch.input_ids[r * batch.seq_len..r * batch.seq_len + batch.lengths[r]];
+    // The passage's own `[CLS]` sits just before the passage.
+    let segment_start = |r: usize| batch.passage[r].start.saturating_sub(1);
     let mut queries: Vec<&[u32]> = Vec::new();
     let mut seen: std::collections::HashMap<&[u32], usize> = std::collections::HashMap::new();
     let mut query_index = Vec::with_capacity(batch.batch_size);
     for r in 0..batch.batch_size {
-        let q = &row(r)[..batch.passage[r].start];
+        let q = &row(r)[..segment_start(r)];
         let next = queries.len();
         let i = if dedup {
             *seen.entry(q).or_insert(next)
@@ -412,7 +417,7 @@ pub fn split_inputs(
         (ids, mask, vec![rows.len() as i64, t as i64])
     };
     let passages: Vec<&[u32]> = (0..batch.batch_size)
-        .map(|r| &row(r)[batch.passage[r].start..])
+        .map(|r| &row(r)[segment_start(r)..])
         .collect();
     let (q_ids, q_mask, q_shape) = pad(&queries);
     let (p_ids, p_mask, p_shape) = pad(&passages);
@@ -434,7 +439,7 @@ mod tests {
     fn pair(query: &[u32], passage: &[u32]) -> EncodedPair {
         let mut ids = vec![101];
         ids.extend_from_slice(query);
-        ids.push(102);
+        ids.extend([102, 101]);
         let start = ids.len();
         ids.extend_from_slice(passage);
         ids.push(102);
@@ -471,10 +476,10 @@ mod tests {
         assert_eq!(get("query_ids").2, vec![2, 4]);
         assert_eq!(get("query_ids").1, vec![101, 5, 6, 102, 101, 7, 102, 0]);
         assert_eq!(get("query_mask").1, vec![1, 1, 1, 1, 1, 1, 1, 0]);
-        assert_eq!(get("passage_ids").2, vec![3, 4]);
+        assert_eq!(get("passage_ids").2, vec![3, 5]);
         assert_eq!(
             get("passage_ids").1,
-            vec![9, 102, 0, 0, 8, 8, 8, 102, 4, 4, 102, 0]
+            vec![101, 9, 102, 0, 0, 101, 8, 8, 8, 102, 101, 4, 4, 102, 0]
         );
         assert_eq!(get("query_index").1, vec![0, 1, 0]);
     }

@@ -52,6 +52,50 @@ fn bert_layout_and_spans() {
 }
 
 #[test]
+fn isolated_segments_are_two_lone_texts() {
+    let ck = minilm();
+    let enc = PairEncoder::new(&ck, 24)
+        .unwrap()
+        .with_isolated_segments(true)
+        .unwrap();
+    assert!(enc.isolated_segments());
+    let (query, passage) = ("what is a flea", "fleas are small insects ".repeat(10));
+    let pair = enc.encode(query, &passage, None).unwrap();
+    let segment = pair.passage.start - 1;
+    // `[CLS] q [SEP]` then `[CLS] p [SEP]`, each what the tokenizer gives the lone text.
+    let lone = |text: &str, max: usize| {
+        let mut ids = ck.tokenizer.encode(text, true).unwrap().get_ids().to_vec();
+        if ids.len() > max {
+            ids.truncate(max - 1);
+            ids.push(*pair.input_ids.last().unwrap());
+        }
+        ids
+    };
+    assert_eq!(pair.input_ids[..segment], lone(query, usize::MAX)[..]);
+    assert_eq!(pair.input_ids[segment..], lone(&passage, 24 - segment)[..]);
+    assert_eq!(
+        pair.len(),
+        24,
+        "the passage fills max_length with the 4 template tokens"
+    );
+    assert!(pair.truncated);
+    // Four template tokens at the reference lengths too.
+    let joint = PairEncoder::new(&ck, 24).unwrap();
+    assert_eq!(
+        enc.reference_lengths().prefix,
+        joint.reference_lengths().prefix + 1
+    );
+    // Decoders have no isolated form.
+    let llama = Checkpoint::open(&fixture("tiny-llama")).unwrap();
+    let err = PairEncoder::new(&llama, 64)
+        .unwrap()
+        .with_isolated_segments(true)
+        .err()
+        .expect("decoders refuse isolation");
+    assert!(err.to_string().contains("BERT"), "{err}");
+}
+
+#[test]
 fn truncation_cuts_the_passage_first_and_caps_the_query() {
     let ck = minilm();
     let enc = PairEncoder::new(&ck, 64).unwrap();

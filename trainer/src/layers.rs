@@ -65,17 +65,17 @@ pub fn padding_mask(lengths: &[usize], seq_len: usize, device: &Device) -> Resul
 }
 
 /// Additive mask `[B, 1, T, T]` for isolated segments: query `i` sees key `j` only when
-/// `j` is a real token of the same segment, the segments being `[0, passage start)` and
-/// `[passage start, length)` (the passage and its closing separator).
+/// `j` is a real token of the same segment, the segments being `[0, segment start)` and
+/// `[segment start, length)` (the passage's own `[CLS]`, the passage, its `[SEP]`).
 pub fn segment_mask(
     lengths: &[usize],
-    passage_starts: &[usize],
+    segment_starts: &[usize],
     seq_len: usize,
     device: &Device,
 ) -> Result<Tensor> {
     let t = seq_len;
     let mut data = vec![MASKED; lengths.len() * t * t];
-    for (row, (&len, &start)) in lengths.iter().zip(passage_starts).enumerate() {
+    for (row, (&len, &start)) in lengths.iter().zip(segment_starts).enumerate() {
         let len = len.min(t);
         for i in 0..t {
             let segment = if i < start {
@@ -90,19 +90,19 @@ pub fn segment_mask(
 }
 
 /// Position ids `[B, T]` under segment isolation: `0..start` for the query segment,
-/// then `1, 2, ...` from the passage start, as if the passage followed its own `[CLS]`.
+/// then `0, 1, ...` again from the segment start (the passage's own `[CLS]`).
 pub fn segment_positions(
-    passage_starts: &[usize],
+    segment_starts: &[usize],
     seq_len: usize,
     device: &Device,
 ) -> Result<Tensor> {
-    let mut data = Vec::with_capacity(passage_starts.len() * seq_len);
-    for &start in passage_starts {
-        data.extend((0..seq_len).map(|t| if t < start { t } else { t - start + 1 } as u32));
+    let mut data = Vec::with_capacity(segment_starts.len() * seq_len);
+    for &start in segment_starts {
+        data.extend((0..seq_len).map(|t| if t < start { t } else { t - start } as u32));
     }
     Ok(Tensor::from_vec(
         data,
-        (passage_starts.len(), seq_len),
+        (segment_starts.len(), seq_len),
         device,
     )?)
 }

@@ -57,7 +57,8 @@ impl Reranker {
         };
         backbone.isolate_segments(adapters.meta.isolate_segments)?;
         adapters.merge_set_into("sd", backbone.as_mut())?;
-        let encoder = PairEncoder::new(&checkpoint, max_length)?;
+        let encoder = PairEncoder::new(&checkpoint, max_length)?
+            .with_isolated_segments(adapters.meta.isolate_segments)?;
         Ok(Self::from_parts(
             backbone,
             dims,

@@ -293,7 +293,8 @@ impl Trainer {
         cfg.resolve(dims.num_layers)?;
         let mut backbone = crate::families::load_backbone(&checkpoint, device)?;
         backbone.isolate_segments(cfg.model.isolate_segments)?;
-        let encoder = PairEncoder::new(&checkpoint, cfg.model.max_length)?;
+        let encoder = PairEncoder::new(&checkpoint, cfg.model.max_length)?
+            .with_isolated_segments(cfg.model.isolate_segments)?;
         let readout = Readout::parse(&cfg.model.readout).expect("resolve checked the readout");
         let architecture = checkpoint.config.variant_name().to_string();
         let untrained = Adapters::untrained(

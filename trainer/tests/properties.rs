@@ -4,7 +4,7 @@ mod common;
 
 use candle_core::{Device, Tensor};
 use common::{fixture, ints, load, max_abs_diff, rel_err_real, tiny};
-use models::{Span, SubStructure};
+use models::{EncodedPair, PaddedBatch, PairEncoder, Span, SubStructure};
 use rand::{Rng, SeedableRng};
 use trainer::merge::{apply_merge, plan_merge};
 use trainer::{forward, load_backbone, MergeMode, ModelInput, RowLayout};
@@ -328,4 +328,74 @@ fn isolated_segments_encode_the_passage_independently_of_the_query() {
     let mut decoder = load_backbone(&llama.checkpoint, &Device::Cpu).unwrap();
     let err = decoder.isolate_segments(true).unwrap_err().to_string();
     assert!(err.contains("bert only"), "{err}");
+    let encoder = PairEncoder::new(&llama.checkpoint, 64).unwrap();
+    assert!(encoder.with_isolated_segments(true).is_err());
+}
+
+/// Under isolation each segment of `[CLS] q [SEP] [CLS] p [SEP]` gets exactly the hidden
+/// states the base gives the lone text `[CLS] q [SEP]` or `[CLS] p [SEP]`: what the base
+/// computed as a bi-encoder, so training starts from its similarity.
+#[test]
+fn isolated_segments_equal_the_lone_texts() {
+    let f = tiny("tiny-bert");
+    let layers = f.checkpoint.config.dimensions().num_layers;
+    let encoder = PairEncoder::new(&f.checkpoint, 64)
+        .unwrap()
+        .with_isolated_segments(true)
+        .unwrap();
+    let pairs = [
+        ("how long do fleas live", "a flea can live up to a year"),
+        (
+            "cost",
+            "the price of a ticket depends on the season and the route",
+        ),
+    ];
+    let encoded: Vec<EncodedPair> = pairs
+        .iter()
+        .map(|(q, p)| encoder.encode(q, p, None).unwrap())
+        .collect();
+    let lone = |ids: &[u32]| EncodedPair {
+        input_ids: ids.to_vec(),
+        token_type_ids: vec![0; ids.len()],
+        query: Span {
+            start: 1,
+            len: ids.len() - 2,
+        },
+        passage: Span {
+            start: ids.len(),
+            len: 0,
+        },
+        prompt: None,
+        score_pos: 0,
+        truncated: false,
+    };
+    let last_hidden = |rows: &[EncodedPair], isolated: bool| -> Tensor {
+        let mut backbone = load_backbone(&f.checkpoint, &Device::Cpu).unwrap();
+        backbone.isolate_segments(isolated).unwrap();
+        let batch = PaddedBatch::new(rows, encoder.pad_id);
+        let input = ModelInput::new(&batch, &Device::Cpu).unwrap();
+        let out = forward(
+            backbone.as_ref(),
+            &f.heads,
+            &input,
+            &SubStructure::full(layers),
+            MergeMode::Uniform,
+            true,
+        )
+        .unwrap();
+        out.hidden.last().unwrap().clone()
+    };
+    let joint = last_hidden(&encoded, true);
+    for (row, pair) in encoded.iter().enumerate() {
+        let segment = pair.passage.start - 1;
+        assert_eq!(pair.input_ids[segment], pair.input_ids[0], "passage [CLS]");
+        let (q, p) = pair.input_ids.split_at(segment);
+        for (ids, start) in [(q, 0), (p, segment)] {
+            let alone = last_hidden(&[lone(ids)], false);
+            let want = alone.get(0).unwrap().narrow(0, 0, ids.len()).unwrap();
+            let got = joint.get(row).unwrap().narrow(0, start, ids.len()).unwrap();
+            let gap = max_abs_diff(&got, &want);
+            assert!(gap < 1e-5, "row {row} segment at {start}: {gap}");
+        }
+    }
 }

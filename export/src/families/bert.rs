@@ -77,12 +77,7 @@ impl GraphFamily for BertGraph {
                 g.cast(&zeros, crate::onnx::data_type::INT32)
             }
         };
-        let mut args = vec![ids, tt, words, positions, types, gamma, beta];
-        if let Some(pos) = &inputs.position_ids {
-            // Optional inputs 7 (mask, unused) and 8 (position ids).
-            args.push(String::new());
-            args.push(g.cast(pos, crate::onnx::data_type::INT32));
-        }
+        let args = [ids, tt, words, positions, types, gamma, beta];
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         // Its schema requires the mask-index output, unused here.
         let outs = g.contrib_op_outputs(

@@ -15,8 +15,6 @@ pub struct Inputs {
     pub input_ids: String,
     /// BERT token types; `None` (or a family with isolated segments) embeds type 0.
     pub token_type_ids: Option<String>,
-    /// `[B, T]` int64 position ids; `None` is `0..T` in every row.
-    pub position_ids: Option<String>,
 }
 
 /// What a family implements; `crate::forward::build` drives it like the trainer's
