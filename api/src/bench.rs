@@ -52,6 +52,10 @@ pub struct BenchArgs {
     /// Load the configurations, print resident memory, and exit (no inference).
     #[arg(long)]
     pub load_only: bool,
+    /// Run every session, the peer's too, on the CUDA execution provider (an mrank built
+    /// with `--features cuda`, onnxruntime-gpu as ORT_DYLIB_PATH).
+    #[arg(long)]
+    pub cuda: bool,
     /// Also write the results as JSON to this file.
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -64,13 +68,16 @@ struct Peer {
 }
 
 impl Peer {
-    fn load(path: &PathBuf, threads: usize, pad_id: u32) -> Result<Self> {
-        // The same process-wide thread pool as mrank's sessions.
+    fn load(path: &PathBuf, threads: usize, pad_id: u32, cuda: bool) -> Result<Self> {
+        // The same process-wide thread pool and execution provider as mrank's sessions.
         let env = init_onnxruntime(threads)?;
         let build = || -> ort::Result<Session> {
-            Session::builder(env)?
-                .with_optimization_level(GraphOptimizationLevel::Level3)?
-                .commit_from_file(path)
+            let mut builder =
+                Session::builder(env)?.with_optimization_level(GraphOptimizationLevel::Level3)?;
+            if cuda {
+                builder = models::runtime::with_cuda(builder)?;
+            }
+            builder.commit_from_file(path)
         };
         let session = build().map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
         let inputs = session
@@ -163,6 +170,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
             intra_threads: args.threads,
             share_weights: !args.no_share_weights,
             configs: wanted,
+            cuda: args.cuda,
             ..Default::default()
         },
     )
@@ -215,7 +223,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let pairs: Vec<EncodedPair> = groups.into_iter().flatten().collect();
     let tokens: usize = pairs.iter().map(|p| p.len()).sum();
     eprintln!(
-        "bench: {} pairs from {} queries ({:.0} tokens/pair), {} batches of ≤{} padded tokens ({} batching), {} threads, {} rounds",
+        "bench: {} pairs from {} queries ({:.0} tokens/pair), {} batches of ≤{} padded tokens ({} batching), {} threads, {}, {} rounds",
         pairs.len(),
         queries.len(),
         tokens as f64 / pairs.len().max(1) as f64,
@@ -223,11 +231,12 @@ pub fn run(args: BenchArgs) -> Result<()> {
         args.batch_tokens,
         args.batching,
         if args.threads == 0 { "all".to_string() } else { args.threads.to_string() },
+        if args.cuda { "CUDA provider" } else { "CPU provider" },
         args.repeats
     );
     let mut peer = match &args.peer {
         Some(p) => Some(
-            Peer::load(p, args.threads, runtime.encoder.pad_id)
+            Peer::load(p, args.threads, runtime.encoder.pad_id, args.cuda)
                 .with_context(|| format!("loading the peer graph {}", p.display()))?,
         ),
         None => None,
@@ -335,6 +344,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
             "data": args.data.display().to_string(),
             "pairs": pairs.len(),
             "threads": args.threads,
+            "provider": if args.cuda { "cuda" } else { "cpu" },
             "batch_tokens": args.batch_tokens,
             "batching": args.batching,
             "repeats": args.repeats,

@@ -37,7 +37,14 @@ fn embedded_default_onnx_matches_candle_for_every_configuration() {
     })
     .unwrap();
     assert_eq!(manifest.configs.len(), configs.len());
-    let runtime = Runtime::load(out.path(), &RuntimeOptions::default()).unwrap();
+    let runtime = Runtime::load(
+        out.path(),
+        &RuntimeOptions {
+            cuda: cuda_requested(),
+            ..Default::default()
+        },
+    )
+    .unwrap();
     let mut reranker =
         Reranker::load(&minilm_dir(), Some(&adapters), max_length, &Device::Cpu).unwrap();
 
@@ -74,4 +81,10 @@ fn embedded_default_onnx_matches_candle_for_every_configuration() {
             );
         }
     }
+}
+
+/// `MRANK_TEST_CUDA=1` runs the graphs on the CUDA execution provider (a test binary
+/// built with `--features cuda`, onnxruntime-gpu as ORT_DYLIB_PATH); never set in CI.
+fn cuda_requested() -> bool {
+    std::env::var("MRANK_TEST_CUDA").is_ok_and(|v| v == "1")
 }

@@ -110,6 +110,7 @@ fn check_family(
         out.path(),
         &RuntimeOptions {
             intra_threads: 1,
+            cuda: cuda_requested(),
             ..Default::default()
         },
     )
@@ -247,4 +248,10 @@ fn onnx_parity_qwen2() {
 fn onnx_parity_gemma2() {
     let d = check_family("tiny-gemma2", Readout::ScoringPosition, "attention", false);
     onnx_checker(&[d.path()]);
+}
+
+/// `MRANK_TEST_CUDA=1` runs the graphs on the CUDA execution provider (a test binary
+/// built with `--features cuda`, onnxruntime-gpu as ORT_DYLIB_PATH); never set in CI.
+fn cuda_requested() -> bool {
+    std::env::var("MRANK_TEST_CUDA").is_ok_and(|v| v == "1")
 }

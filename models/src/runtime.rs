@@ -357,15 +357,18 @@ fn build_session(
     builder.commit_from_file(graph)
 }
 
+/// Adds the CUDA execution provider (device 0), failing instead of silently falling back
+/// to the CPU. TF32 stays off: scores must match the CPU engines within 1e-4.
 #[cfg(feature = "cuda")]
-fn with_cuda(
+pub fn with_cuda(
     builder: ort::session::builder::SessionBuilder,
 ) -> ort::Result<ort::session::builder::SessionBuilder> {
-    Ok(builder.with_execution_providers([ort::ep::CUDA::default().build().error_on_failure()])?)
+    let cuda = ort::ep::CUDA::default().with_tf32(false);
+    Ok(builder.with_execution_providers([cuda.build().error_on_failure()])?)
 }
 
 #[cfg(not(feature = "cuda"))]
-fn with_cuda(
+pub fn with_cuda(
     _: ort::session::builder::SessionBuilder,
 ) -> ort::Result<ort::session::builder::SessionBuilder> {
     Err(ort::Error::new(

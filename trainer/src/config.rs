@@ -30,9 +30,10 @@ pub struct ModelSection {
     pub max_length: usize,
     /// Initial head weight for the span-product readout (a cosine temperature of 1/scale).
     pub head_scale: f32,
-    /// Query and passage attend only within their own segment and the passage's
-    /// positions restart (bert only; needs `merge_mode = "uniform"`, since `[CLS]`
-    /// then pays no attention to the passage). See `Backbone::isolate_segments`.
+    /// Query and passage attend only within their own segment, the passage behind its
+    /// own `[CLS]` with positions from 0 (bert only; needs `merge_mode = "uniform"`,
+    /// since `[CLS]` then pays no attention to the passage). See
+    /// `Backbone::isolate_segments` and `PairEncoder::with_isolated_segments`.
     pub isolate_segments: bool,
 }
 

@@ -35,9 +35,10 @@ pub trait Backbone {
     /// `o`, `up`, `down` and, for gated MLPs, `gate`.
     fn projections_mut(&mut self) -> Vec<(usize, &'static str, &mut Linear)>;
     /// Segment isolation: query and passage tokens attend only within their own
-    /// segment and the passage's positions restart after the query, so each segment
-    /// is encoded as the base encodes it alone (a mean-pooling bi-encoder keeps its own
-    /// similarity at full depth). Families without it refuse.
+    /// segment, and the passage segment (its own `[CLS]`, the passage, `[SEP]`) restarts
+    /// at position 0, so each segment is encoded exactly as the base encodes it alone (a
+    /// mean-pooling bi-encoder keeps its own similarity at full depth). Rows come from
+    /// `PairEncoder::with_isolated_segments`. Families without it refuse.
     fn isolate_segments(&mut self, on: bool) -> Result<()> {
         if on {
             return Err(TrainerError::Input(
