@@ -171,7 +171,6 @@ pub fn run(args: BenchArgs) -> Result<()> {
             share_weights: !args.no_share_weights,
             configs: wanted,
             cuda: args.cuda,
-            ..Default::default()
         },
     )
     .context("--configs")?;

@@ -86,7 +86,7 @@ fn isolated_segments_are_two_lone_texts() {
         joint.reference_lengths().prefix + 1
     );
     // Decoders have no isolated form.
-    let llama = Checkpoint::open(&fixture("tiny-llama")).unwrap();
+    let llama = Checkpoint::open(fixture("tiny-llama")).unwrap();
     let err = PairEncoder::new(&llama, 64)
         .unwrap()
         .with_isolated_segments(true)

@@ -43,21 +43,14 @@ pub struct Bert {
 }
 
 /// Where each row's passage segment starts under isolation: at the passage's own `[CLS]`,
-/// the token just before the passage (`PairEncoder::with_isolated_segments`). Width
-/// merging only compacts the passage, so this stays true after every merge.
-fn passage_segment_starts(layout: &RowLayout) -> Result<Vec<usize>> {
+/// the token just before the passage. Rows must come from
+/// `PairEncoder::with_isolated_segments`; width merging only compacts the passage, so this
+/// stays true after every merge.
+fn passage_segment_starts(layout: &RowLayout) -> Vec<usize> {
     layout
         .passage
         .iter()
-        .map(|s| {
-            s.start.checked_sub(2).map(|_| s.start - 1).ok_or_else(|| {
-                TrainerError::Input(
-                    "isolated segments need `[CLS] q [SEP] [CLS] p [SEP]` rows; encode with \
-                     PairEncoder::with_isolated_segments"
-                        .into(),
-                )
-            })
-        })
+        .map(|s| s.start.saturating_sub(1))
         .collect()
 }
 
@@ -181,7 +174,7 @@ impl Backbone for Bert {
                 .reshape((b, t, h))?
         };
         let positions = if self.isolate_segments {
-            let ids = segment_positions(&passage_segment_starts(&input.layout)?, t, &self.device)?;
+            let ids = segment_positions(&passage_segment_starts(&input.layout), t, &self.device)?;
             self.position_embeddings
                 .index_select(&ids.flatten_all()?, 0)?
                 .reshape((b, t, h))?
@@ -211,7 +204,7 @@ impl Backbone for Bert {
         let k = split_heads(&l.key.forward(hidden)?, heads, head_dim)?;
         let v = split_heads(&l.value.forward(hidden)?, heads, head_dim)?;
         let mask = if self.isolate_segments {
-            let starts = passage_segment_starts(layout)?;
+            let starts = passage_segment_starts(layout);
             segment_mask(&layout.lengths, &starts, layout.seq_len, &self.device)?
         } else {
             padding_mask(&layout.lengths, layout.seq_len, &self.device)?
