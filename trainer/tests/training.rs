@@ -7,7 +7,7 @@ mod common;
 use std::path::Path;
 
 use candle_core::{Device, Tensor, Var};
-use common::fixture;
+use common::{fixture, max_abs_diff};
 use trainer::adapters::Adapters;
 use trainer::config::TrainConfig;
 use trainer::linear::LoraBranch;
@@ -197,14 +197,7 @@ fn assert_same(a: &Adapters, b: &Adapters, tol: f32) {
     assert_eq!(a.heads.by_depth.len(), b.heads.by_depth.len());
     for (d, h) in &a.heads.by_depth {
         let other = &b.heads.by_depth[d];
-        let diff = (&h.weight - &other.weight)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let diff = max_abs_diff(&h.weight, &other.weight);
         assert!(diff <= tol, "head {d} differs by {diff}");
     }
     assert_eq!(
@@ -215,14 +208,7 @@ fn assert_same(a: &Adapters, b: &Adapters, tol: f32) {
         for (key, (x, y)) in set {
             let (u, v) = &b.sets[name][key];
             for (p, q) in [(x, u), (y, v)] {
-                let diff = (p - q)
-                    .unwrap()
-                    .abs()
-                    .unwrap()
-                    .max_all()
-                    .unwrap()
-                    .to_scalar::<f32>()
-                    .unwrap();
+                let diff = max_abs_diff(p, q);
                 assert!(diff <= tol, "{name} {key:?} differs by {diff}");
             }
         }

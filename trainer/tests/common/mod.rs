@@ -100,16 +100,19 @@ pub fn tiny(name: &str) -> Fixture {
     }
 }
 
-/// max |a - b| over all elements of two same-shaped tensors.
-pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b)
-        .unwrap()
-        .abs()
+/// max |x| over all elements.
+pub fn max_abs(x: &Tensor) -> f32 {
+    x.abs()
         .unwrap()
         .max_all()
         .unwrap()
         .to_scalar::<f32>()
         .unwrap()
+}
+
+/// max |a - b| over all elements of two same-shaped tensors.
+pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    max_abs(&(a - b).unwrap())
 }
 
 /// Norm-relative error at real positions: max |a - b| / max |b| over the first
@@ -120,36 +123,13 @@ pub fn rel_err_real(a: &Tensor, b: &Tensor, lengths: &[usize]) -> f32 {
     for (row, &len) in lengths.iter().enumerate() {
         let x = a.get(row).unwrap().narrow(0, 0, len).unwrap();
         let y = b.get(row).unwrap().narrow(0, 0, len).unwrap();
-        let d = max_abs_diff(&x, &y);
-        let r = y
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
-        max_diff = max_diff.max(d);
-        max_ref = max_ref.max(r);
+        max_diff = max_diff.max(max_abs_diff(&x, &y));
+        max_ref = max_ref.max(max_abs(&y));
     }
     max_diff / max_ref.max(f32::MIN_POSITIVE)
 }
 
 /// Norm-relative error of two vectors.
 pub fn rel_err(a: &Tensor, b: &Tensor) -> f32 {
-    let d = (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
-    let r = b
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
-    d / r.max(f32::MIN_POSITIVE)
+    max_abs_diff(a, b) / max_abs(b).max(f32::MIN_POSITIVE)
 }
