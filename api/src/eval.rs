@@ -43,6 +43,10 @@ pub struct EvalArgs {
     /// uniform merging.
     #[arg(long)]
     pub isolate_segments: bool,
+    /// Readout of the untrained base's unit heads (`span-product` or `max-sim`); only
+    /// without adapters, since trained heads belong to the readout they were trained on.
+    #[arg(long)]
+    pub readout: Option<String>,
     /// Padded tokens per forward batch.
     #[arg(long, default_value_t = 8192)]
     pub batch_tokens: usize,
@@ -99,6 +103,20 @@ pub fn run(args: EvalArgs) -> Result<()> {
         trainer::adapters::parse_merge_mode(mode)
             .with_context(|| format!("--merge-mode {mode}: use attention or uniform"))?;
         reranker.adapters.meta.merge_mode = mode.clone();
+    }
+    if let Some(kind) = &args.readout {
+        let readout = trainer::Readout::parse(kind)
+            .filter(|r| r.reads_spans())
+            .with_context(|| format!("--readout {kind}: use span-product or max-sim"))?;
+        if adapters.is_some() {
+            anyhow::bail!(
+                "--readout {kind}: {name} has trained heads for readout {}; --readout applies \
+                 to an untrained base only",
+                reranker.adapters.meta.readout
+            );
+        }
+        reranker.adapters.heads.readout = readout;
+        reranker.adapters.meta.readout = readout.name().into();
     }
     if args.isolate_segments {
         reranker

@@ -4,6 +4,7 @@
 //! piece.
 
 use crate::graph::{GraphBuilder, MASKED};
+use crate::onnx::AttributeProto;
 
 /// Where a family reads its score (and takes its merge weights from).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -122,14 +123,8 @@ fn one_hot_rows(g: &mut GraphBuilder, pos: &str, layout: &Layout) -> String {
 
 /// `[B, 1, T]` weights averaging positions `start..end` of each row (an empty span
 /// gives zeros), trainer: `span_mean`.
-fn span_weights(g: &mut GraphBuilder, start: &str, end: &str, layout: &Layout) -> String {
-    let positions = layout.positions(g);
-    let s = g.unsqueeze(start, &[1]);
-    let e = g.unsqueeze(end, &[1]);
-    let before = g.less(&positions, &s);
-    let after_start = g.not(&before);
-    let before_end = g.less(&positions, &e);
-    let inside = g.and(&after_start, &before_end);
+pub fn span_weights(g: &mut GraphBuilder, start: &str, end: &str, layout: &Layout) -> String {
+    let inside = span_inside(g, start, end, layout);
     let inside = g.to_f32(&inside); // [B, T]
     let len = g.sub(end, start);
     let one = g.scalar_i64(1);
@@ -140,7 +135,67 @@ fn span_weights(g: &mut GraphBuilder, start: &str, end: &str, layout: &Layout) -
     g.unsqueeze(&w, &[1])
 }
 
-/// L2-normalises the rows of `[B, H]` (trainer: `normalize`).
+/// `[B, T]` bool: position lies in `start..end` of its row.
+fn span_inside(g: &mut GraphBuilder, start: &str, end: &str, layout: &Layout) -> String {
+    let positions = layout.positions(g);
+    let s = g.unsqueeze(start, &[1]);
+    let e = g.unsqueeze(end, &[1]);
+    let before = g.less(&positions, &s);
+    let after_start = g.not(&before);
+    let before_end = g.less(&positions, &e);
+    g.and(&after_start, &before_end)
+}
+
+/// Late interaction (trainer: `max_sim`) → `[B, H]`. `query` `[B, Tq, H]` is read with
+/// `query_weights` `[B, 1, Tq]` (a span mean), `passage` `[B, Tp, H]` over positions
+/// `p_start..p_end` of `p_layout`. Each normalised query token is multiplied by the
+/// normalised passage token of highest cosine (`ArgMax`, first of equal maxima, as
+/// candle's), picked with a one-hot matmul. A row without passage tokens reads zeros.
+pub fn max_sim(
+    g: &mut GraphBuilder,
+    query: &str,
+    query_weights: &str,
+    passage: &str,
+    p_start: &str,
+    p_end: &str,
+    p_layout: &Layout,
+) -> String {
+    let q = normalize(g, query);
+    let p = normalize(g, passage);
+    let p_t = g.transpose(&p, &[0, 2, 1]); // [B, H, Tp]
+    let sim = g.matmul(&q, &p_t); // [B, Tq, Tp]
+    let inside = span_inside(g, p_start, p_end, p_layout); // [B, Tp]
+    let outside = g.not(&inside);
+    let outside = g.to_f32(&outside);
+    let masked = g.scalar_f32(MASKED);
+    let penalty = g.mul(&outside, &masked);
+    let penalty = g.unsqueeze(&penalty, &[1]); // [B, 1, Tp]
+    let sim = g.add(&sim, &penalty);
+    let best = g.op(
+        "ArgMax",
+        &[&sim],
+        vec![
+            AttributeProto::int("axis", -1),
+            AttributeProto::int("keepdims", 1),
+        ],
+    ); // [B, Tq, 1]
+    let positions = p_layout.positions(g); // [1, Tp]
+    let positions = g.unsqueeze(&positions, &[0]); // [1, 1, Tp]
+    let pick = g.equal(&best, &positions);
+    let pick = g.to_f32(&pick); // [B, Tq, Tp]
+    let matched = g.matmul(&pick, &p); // [B, Tq, H]
+    let products = g.mul(&q, &matched);
+    let features = g.matmul(query_weights, &products); // [B, 1, H]
+    let features = g.squeeze(&features, &[1]);
+    let len = g.sub(p_end, p_start);
+    let zero = g.scalar_i64(0);
+    let any = g.op("Greater", &[&len, &zero], vec![]);
+    let any = g.to_f32(&any);
+    let any = g.unsqueeze(&any, &[1]); // [B, 1]
+    g.mul(&features, &any)
+}
+
+/// L2-normalises the last axis (trainer: `normalize`).
 fn normalize(g: &mut GraphBuilder, x: &str) -> String {
     let sq = g.mul(x, x);
     let sum = g.reduce_sum(&sq, &[-1], true);
@@ -178,6 +233,18 @@ pub fn readout(g: &mut GraphBuilder, hidden: &str, layout: &Layout, kind: &str) 
                 layout,
             );
             g.mul(&q, &p)
+        }
+        "max-sim" => {
+            let query_weights = span_weights(g, &layout.query_start, &layout.query_end, layout);
+            max_sim(
+                g,
+                hidden,
+                &query_weights,
+                hidden,
+                &layout.passage_start,
+                &layout.passage_end,
+                layout,
+            )
         }
         "mean" => {
             let zero = g.scalar_i64(0);

@@ -5,25 +5,33 @@
 use models::SubStructure;
 use trainer::MergeMode;
 
-use crate::blocks::{layout_from_inputs, merge, readout, span_vector, Layout, ScoringPosition};
+use crate::blocks::{
+    layout_from_inputs, max_sim, merge, readout, span_vector, span_weights, Layout, ScoringPosition,
+};
 use crate::error::Result;
 use crate::families::{GraphFamily, Inputs};
 use crate::graph::GraphBuilder;
 use crate::onnx::{data_type, DimSpec};
 use crate::weights::ModelWeights;
 
-/// Names of the graph inputs, in order. `query_span` only exists for the span-product
-/// readout, `token_type_ids` only for BERT.
+/// Names of the graph inputs, in order. `query_span` only exists for the span readouts
+/// (span-product, max-sim), `token_type_ids` only for BERT.
 pub fn input_names(family: &dyn GraphFamily, readout_kind: &str) -> Vec<String> {
     let mut names = vec!["input_ids".to_string(), "attention_mask".to_string()];
     if family.has_token_types() {
         names.push("token_type_ids".into());
     }
     names.push("passage_span".into());
-    if readout_kind == "span-product" {
+    if reads_spans(readout_kind) {
         names.push("query_span".into());
     }
     names
+}
+
+/// The readouts that compare a query span with a passage span (trainer:
+/// `Readout::reads_spans`).
+pub fn reads_spans(readout_kind: &str) -> bool {
+    trainer::Readout::parse(readout_kind).is_some_and(|r| r.reads_spans())
 }
 
 pub fn build(
@@ -57,7 +65,7 @@ pub fn build(
         data_type::INT64,
         &[Named("batch"), Fixed(2)],
     );
-    let query = (readout_kind == "span-product")
+    let query = reads_spans(readout_kind)
         .then(|| g.input("query_span", data_type::INT64, &[Named("batch"), Fixed(2)]));
     let mut layout =
         layout_from_inputs(g, &ids, &mask, &passage, query.as_deref(), family.scoring());
@@ -99,7 +107,8 @@ pub const SPLIT_INPUTS: [&str; 5] = [
     "query_index",
 ];
 
-/// The graph of adapters trained with isolated segments (bert, span-product readout).
+/// The graph of adapters trained with isolated segments (bert, span-product or max-sim
+/// readout).
 /// Query and passage never attend to each other, so they are encoded as separate
 /// sequences: `query_ids` `[Q, Tq]` holds each distinct `[CLS] query [SEP]` of the
 /// batch once, `passage_ids` `[B, Tp]` each row's `passage [SEP]`, and `query_index`
@@ -112,6 +121,7 @@ pub fn build_split(
     family: &dyn GraphFamily,
     w: &ModelWeights,
     sub: &SubStructure,
+    readout_kind: &str,
 ) -> Result<()> {
     use DimSpec::Named;
     let matrix = |g: &mut GraphBuilder, name: &str, rows: &'static str, cols: &'static str| {
@@ -184,22 +194,38 @@ pub fn build_split(
             .layer(g, w, layer, &p_hidden, &p_layout, &p_prepared, false)?
             .0;
     }
-    let q_vec = span_vector(
-        g,
-        &q_hidden,
-        &q_layout.query_start,
-        &q_layout.query_end,
-        &q_layout,
-    );
-    let p_vec = span_vector(
-        g,
-        &p_hidden,
-        &p_layout.passage_start,
-        &p_layout.passage_end,
-        &p_layout,
-    );
-    let q_rows = g.gather(&q_vec, &query_index, 0);
-    let features = g.mul(&q_rows, &p_vec);
+    let features = if readout_kind == "max-sim" {
+        // Each passage row meets its query's token states (gathered, `[B, Tq, H]`).
+        let q_weights = span_weights(g, &q_layout.query_start, &q_layout.query_end, &q_layout);
+        let q_rows = g.gather(&q_hidden, &query_index, 0);
+        let q_weights = g.gather(&q_weights, &query_index, 0);
+        max_sim(
+            g,
+            &q_rows,
+            &q_weights,
+            &p_hidden,
+            &p_layout.passage_start,
+            &p_layout.passage_end,
+            &p_layout,
+        )
+    } else {
+        let q_vec = span_vector(
+            g,
+            &q_hidden,
+            &q_layout.query_start,
+            &q_layout.query_end,
+            &q_layout,
+        );
+        let p_vec = span_vector(
+            g,
+            &p_hidden,
+            &p_layout.passage_start,
+            &p_layout.passage_end,
+            &p_layout,
+        );
+        let q_rows = g.gather(&q_vec, &query_index, 0);
+        g.mul(&q_rows, &p_vec)
+    };
     score_output(g, family, w, sub.depth, &features)
 }
 

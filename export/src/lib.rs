@@ -102,11 +102,12 @@ pub fn export_with(
     let dims = checkpoint.config.dimensions();
     let readout = adapters.heads.readout.name().to_string();
     let isolated = adapters.meta.isolate_segments;
-    if isolated && (!matches!(checkpoint.config, ModelConfig::Bert(_)) || readout != "span-product")
+    if isolated
+        && (!matches!(checkpoint.config, ModelConfig::Bert(_)) || !forward::reads_spans(&readout))
     {
         return Err(ExportError::Input(format!(
             "the adapters isolate query and passage segments, which needs a bert checkpoint \
-             and the span-product readout (this is {} with {readout})",
+             and a span readout, span-product or max-sim (this is {} with {readout})",
             checkpoint.config.variant_name()
         )));
     }
@@ -129,7 +130,7 @@ pub fn export_with(
         let w = ModelWeights::new(checkpoint, adapters, sub, &id, req.merge_adapters);
         let mut g = GraphBuilder::new(Some(&mut store));
         if isolated {
-            forward::build_split(&mut g, family.as_ref(), &w, sub)?;
+            forward::build_split(&mut g, family.as_ref(), &w, sub, &readout)?;
         } else {
             forward::build(&mut g, family.as_ref(), &w, sub, &readout, mode)?;
         }

@@ -223,13 +223,17 @@ fn onnx_parity_bert() {
     let b = check_family("tiny-bert", Readout::ScoringPosition, "uniform", false);
     // Isolated segments: block mask in every attention path, restarted positions.
     let c = check_family("tiny-bert", Readout::SpanProduct, "uniform", true);
-    onnx_checker(&[a.path(), b.path(), c.path()]);
+    // Late interaction, joint and split (each passage row meets its query's tokens).
+    let d = check_family("tiny-bert", Readout::MaxSim, "attention", false);
+    let e = check_family("tiny-bert", Readout::MaxSim, "uniform", true);
+    onnx_checker(&[a.path(), b.path(), c.path(), d.path(), e.path()]);
 }
 
 #[test]
 fn onnx_parity_llama() {
     let d = check_family("tiny-llama", Readout::ScoringPosition, "attention", false);
-    onnx_checker(&[d.path()]);
+    let e = check_family("tiny-llama", Readout::MaxSim, "uniform", false);
+    onnx_checker(&[d.path(), e.path()]);
 }
 
 #[test]

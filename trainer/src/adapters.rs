@@ -73,8 +73,9 @@ pub fn parse_merge_mode(name: &str) -> Option<MergeMode> {
 }
 
 impl Adapters {
-    /// Heads only, no LoRA: with the span-product readout and unit head weights every
-    /// depth scores the cosine of query and passage (the untrained starting point).
+    /// Heads only, no LoRA: with a span readout and unit head weights every depth scores
+    /// the similarity of query and passage (the cosine of their means for span-product,
+    /// the mean best token cosine for max-sim): the untrained starting point.
     pub fn untrained(
         architecture: &str,
         dims: &Dimensions,
@@ -85,7 +86,7 @@ impl Adapters {
     ) -> Result<Self> {
         let mut heads = Heads::zeros(min_depth, dims.num_layers, dims.hidden_size, device)?;
         heads.readout = readout;
-        if readout == Readout::SpanProduct {
+        if readout.reads_spans() {
             for head in heads.by_depth.values_mut() {
                 head.weight = Tensor::full(head_scale, (1, dims.hidden_size), device)?;
             }

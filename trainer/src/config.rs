@@ -22,13 +22,13 @@ pub struct TrainConfig {
 pub struct ModelSection {
     /// Base checkpoint directory; empty = the embedded default base model.
     pub base: String,
-    /// `span-product`, `scoring-position` or `mean` (see `forward::Readout`).
+    /// `span-product`, `max-sim`, `scoring-position` or `mean` (see `forward::Readout`).
     pub readout: String,
     /// `attention` (importance-weighted) or `uniform` merging.
     pub merge_mode: String,
     /// Tokens per (query, passage) pair.
     pub max_length: usize,
-    /// Initial head weight for the span-product readout (a cosine temperature of 1/scale).
+    /// Initial head weight for the span readouts (a cosine temperature of 1/scale).
     pub head_scale: f32,
     /// Query and passage attend only within their own segment, the passage behind its
     /// own `[CLS]` with positions from 0 (bert only; needs `merge_mode = "uniform"`,
@@ -93,6 +93,10 @@ pub struct Stage1Section {
     pub weight_labels: f64,
     pub weight_teacher: f64,
     pub weight_self_distill: f64,
+    /// Weight of the full depth's loss terms relative to each shallower exit's (1 = all
+    /// depths equal). The stage-1 LoRA is shared by every depth, so with equal weights
+    /// the shallow exits, four of five on a 6-layer base, outvote the full model.
+    pub full_depth_weight: f64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -183,6 +187,7 @@ impl Default for Stage1Section {
             lr: 2e-4,
             head_lr: 1e-3,
             warmup_steps: 20,
+            full_depth_weight: 1.0,
             weight_labels: 1.0,
             weight_teacher: 1.0,
             weight_self_distill: 1.0,
@@ -309,12 +314,19 @@ impl TrainConfig {
         if self.data.group_size < 2 {
             return bad("data.group_size must be at least 2 (one positive, one negative)".into());
         }
+        if !(self.stage1.full_depth_weight > 0.0 && self.stage1.full_depth_weight.is_finite()) {
+            return bad(format!(
+                "stage1.full_depth_weight {}: must be a positive number (1 weighs all depths \
+                 equally)",
+                self.stage1.full_depth_weight
+            ));
+        }
         if self.lora.rank == 0 {
             return bad("lora.rank must be positive".into());
         }
         if crate::forward::Readout::parse(&self.model.readout).is_none() {
             return bad(format!(
-                "model.readout {:?}: use span-product, scoring-position or mean",
+                "model.readout {:?}: use span-product, max-sim, scoring-position or mean",
                 self.model.readout
             ));
         }
@@ -330,6 +342,15 @@ impl TrainConfig {
                  segments the scoring position pays no attention to the passage"
                     .into(),
             );
+        }
+        if self.model.isolate_segments
+            && !crate::forward::Readout::parse(&self.model.readout).is_some_and(|r| r.reads_spans())
+        {
+            return bad(format!(
+                "model.isolate_segments needs a span readout (span-product or max-sim), not \
+                 {:?}: an isolated passage is invisible from the query's scoring position",
+                self.model.readout
+            ));
         }
         if !["bi-encoder", "none"].contains(&self.data.teacher.as_str()) {
             return bad(format!(

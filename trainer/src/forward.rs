@@ -8,7 +8,7 @@ use candle_core::{Device, Tensor};
 use models::{PaddedBatch, SubStructure};
 
 use crate::error::{Result, TrainerError};
-use crate::layers::{gather_rows, masked_mean, normalize, span_mean};
+use crate::layers::{gather_rows, masked_mean, max_sim, normalize, span_mean};
 use crate::linear::Linear;
 use crate::merge::{apply_merge, plan_merge, MergeMode, RowLayout};
 
@@ -66,6 +66,11 @@ pub enum Readout {
     /// weights are all `s` scores `s · cos(query, passage)`, so a base trained as a
     /// mean-pooling bi-encoder starts from its own similarity instead of from noise.
     SpanProduct,
+    /// Late interaction (`layers::max_sim`): each query token's best cosine with a
+    /// passage token, as a vector a head weighs. Unit head weights score the mean of
+    /// those cosines; for a mean-pooling bi-encoder base that starts above the pooled
+    /// cosine at every depth.
+    MaxSim,
 }
 
 impl Readout {
@@ -79,6 +84,7 @@ impl Readout {
                 let p = normalize(&span_mean(hidden, &layout.passage)?)?;
                 Ok((q * p)?)
             }
+            Readout::MaxSim => max_sim(hidden, &layout.query, &layout.passage),
         }
     }
 
@@ -87,7 +93,14 @@ impl Readout {
             Readout::ScoringPosition => "scoring-position",
             Readout::Mean => "mean",
             Readout::SpanProduct => "span-product",
+            Readout::MaxSim => "max-sim",
         }
+    }
+
+    /// Readouts of query and passage spans whose unit-weight heads score a similarity
+    /// (the starting point of a bi-encoder base); both need the query span.
+    pub fn reads_spans(self) -> bool {
+        matches!(self, Readout::SpanProduct | Readout::MaxSim)
     }
 
     pub fn parse(name: &str) -> Option<Self> {
@@ -95,6 +108,7 @@ impl Readout {
             Readout::ScoringPosition,
             Readout::Mean,
             Readout::SpanProduct,
+            Readout::MaxSim,
         ]
         .into_iter()
         .find(|r| r.name() == name)

@@ -235,6 +235,41 @@ pub fn span_mean(hidden: &Tensor, spans: &[models::Span]) -> Result<Tensor> {
     Ok(w.matmul(&hidden.contiguous()?)?.squeeze(1)?)
 }
 
+/// Late interaction (ColBERT's MaxSim) as head features, `[B, T, H]` → `[B, H]`: every
+/// L2-normalised query token times the normalised passage token most similar to it,
+/// averaged over the query. A head whose weights are all `s` scores `s ·` the mean over
+/// query tokens of their best cosine with any passage token. Unlike a pooled cosine,
+/// each query term keeps its own match, which is what a shallow layer is good at
+/// (exact and near-exact terms) and what mean pooling averages away. The argmax picks
+/// the first of equal maxima, as ONNX `ArgMax` does; gradients flow through the chosen
+/// tokens only.
+pub fn max_sim(
+    hidden: &Tensor,
+    query: &[models::Span],
+    passage: &[models::Span],
+) -> Result<Tensor> {
+    let (b, t, h) = hidden.dims3()?;
+    let mut rows = Vec::with_capacity(b);
+    for row in 0..b {
+        let clamp = |s: &models::Span| {
+            let end = s.end().min(t);
+            (s.start.min(end), end - s.start.min(end))
+        };
+        let ((qs, ql), (ps, pl)) = (clamp(&query[row]), clamp(&passage[row]));
+        if ql == 0 || pl == 0 {
+            rows.push(Tensor::zeros(h, hidden.dtype(), hidden.device())?);
+            continue;
+        }
+        let states = hidden.get(row)?;
+        let q = normalize(&states.narrow(0, qs, ql)?)?;
+        let p = normalize(&states.narrow(0, ps, pl)?)?;
+        let best = q.matmul(&p.t()?)?.argmax(1)?;
+        let matched = p.index_select(&best, 0)?;
+        rows.push((q * matched)?.mean(0)?);
+    }
+    Ok(Tensor::stack(&rows, 0)?)
+}
+
 /// L2-normalises the rows of `[B, H]`.
 pub fn normalize(x: &Tensor) -> Result<Tensor> {
     let norm = (x.sqr()?.sum_keepdim(D::Minus1)?.sqrt()? + 1e-12)?;
@@ -243,4 +278,40 @@ pub fn normalize(x: &Tensor) -> Result<Tensor> {
 
 pub fn to_f32(t: &Tensor) -> Result<Tensor> {
     Ok(t.to_dtype(DType::F32)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use models::Span;
+
+    /// Row `[CLS] q1 q2 p1 p2`: q1 = (1, 0) matches p1 = (3, 0) (cosine 1), q2 = (0, 2)
+    /// matches p2 = (1, 1) (cosine 1/√2); features are the mean of the two products.
+    #[test]
+    fn max_sim_pairs_each_query_token_with_its_best_passage_token() {
+        let values = [0.5f32, 0.5, 1.0, 0.0, 0.0, 2.0, 3.0, 0.0, 1.0, 1.0];
+        let hidden = Tensor::from_slice(&values, (1, 5, 2), &candle_core::Device::Cpu).unwrap();
+        let query = [Span { start: 1, len: 2 }];
+        let passage = [Span { start: 3, len: 2 }];
+        let f: Vec<f32> = max_sim(&hidden, &query, &passage)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let r = std::f32::consts::FRAC_1_SQRT_2;
+        assert!((f[0] - 0.5).abs() < 1e-6, "{f:?}");
+        assert!((f[1] - r / 2.0).abs() < 1e-6, "{f:?}");
+        // Unit head weights: the mean of each query token's best cosine.
+        assert!((f.iter().sum::<f32>() - (1.0 + r) / 2.0).abs() < 1e-6);
+        // A row without passage tokens reads zeros, as the exported graph does.
+        let empty = [Span { start: 5, len: 0 }];
+        let z: Vec<f32> = max_sim(&hidden, &query, &empty)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        assert_eq!(z, vec![0.0, 0.0]);
+    }
 }

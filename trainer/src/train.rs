@@ -629,31 +629,44 @@ impl Trainer {
             ),
             None => None,
         };
+        // Each depth's share of the loss: equal, except stage 1's full depth, which
+        // `full_depth_weight` can weigh up. Shares sum to 1.
+        let full_weight = match phase {
+            Phase::Stage1 => self.cfg.stage1.full_depth_weight,
+            _ => 1.0,
+        };
+        let depth_weight = |d: usize| if d == num_layers { full_weight } else { 1.0 };
+        let weight_sum: f64 = depths.iter().map(|&d| depth_weight(d)).sum();
         let mut terms: BTreeMap<String, f64> = BTreeMap::new();
         let mut total: Option<Tensor> = None;
-        let mut add =
-            |name: &str, t: Tensor, w: f64, terms: &mut BTreeMap<String, f64>| -> Result<()> {
-                if w <= 0.0 {
-                    return Ok(());
-                }
-                let v: f32 = t.to_scalar()?;
-                *terms.entry(name.to_string()).or_insert(0.0) += v as f64 / depths.len() as f64;
-                let weighted = (t * (w / depths.len() as f64))?;
-                total = Some(match total.take() {
-                    Some(acc) => (acc + weighted)?,
-                    None => weighted,
-                });
-                Ok(())
-            };
+        let mut add = |name: &str,
+                       t: Tensor,
+                       w: f64,
+                       d: usize,
+                       terms: &mut BTreeMap<String, f64>|
+         -> Result<()> {
+            if w <= 0.0 {
+                return Ok(());
+            }
+            let share = depth_weight(d) / weight_sum;
+            let v: f32 = t.to_scalar()?;
+            *terms.entry(name.to_string()).or_insert(0.0) += v as f64 * share;
+            let weighted = (t * (w * share))?;
+            total = Some(match total.take() {
+                Some(acc) => (acc + weighted)?,
+                None => weighted,
+            });
+            Ok(())
+        };
         for &d in &depths {
             let Some(s) = out.scores.get(&d) else {
                 continue;
             };
             if group.labeled {
-                add("labels", ce_first(s)?, w_labels, &mut terms)?;
+                add("labels", ce_first(s)?, w_labels, d, &mut terms)?;
             }
             if let Some(t) = &teacher {
-                add("teacher", soft_ce(s, t)?, w_teacher, &mut terms)?;
+                add("teacher", soft_ce(s, t)?, w_teacher, d, &mut terms)?;
             }
             // Super-structure: merged steps learn from the same depth at full width (for
             // depths the merge reached); every depth also learns from the next anchor above.
@@ -671,7 +684,7 @@ impl Trainer {
             };
             if let Some(a) = anchor.filter(|_| w_sd > 0.0) {
                 if let Some(target) = full_width.get(&a) {
-                    add("self_distill", soft_ce(s, target)?, w_sd, &mut terms)?;
+                    add("self_distill", soft_ce(s, target)?, w_sd, d, &mut terms)?;
                 }
             }
         }

@@ -35,8 +35,13 @@ fn write_data(dir: &Path) -> (String, String) {
 }
 
 fn tiny_config(dir: &Path, extra: &[&str]) -> TrainConfig {
+    let overrides: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+    TrainConfig::from_toml(&tiny_toml(dir), &overrides, "test").unwrap()
+}
+
+fn tiny_toml(dir: &Path) -> String {
     let (data, qrels) = write_data(dir);
-    let text = format!(
+    format!(
         r#"
 [model]
 readout = "scoring-position"
@@ -64,14 +69,14 @@ horizontal_steps = 0
 [run]
 checkpoint_every = 1000
 "#
-    );
-    let overrides: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
-    TrainConfig::from_toml(&text, &overrides, "test").unwrap()
+    )
 }
 
-fn losses(name: &str) -> Vec<f64> {
+fn losses(name: &str, extra: &[&str]) -> Vec<f64> {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = tiny_config(dir.path(), &["space.full_width_probability=1.0"]);
+    let mut overrides = vec!["space.full_width_probability=1.0"];
+    overrides.extend_from_slice(extra);
+    let cfg = tiny_config(dir.path(), &overrides);
     let (data, _) = load_data(&cfg).unwrap();
     let mut trainer = Trainer::new(
         cfg,
@@ -91,7 +96,7 @@ fn losses(name: &str) -> Vec<f64> {
 
 #[test]
 fn loss_decreases_on_tiny_bert() {
-    let l = losses("tiny-bert");
+    let l = losses("tiny-bert", &[]);
     assert!(
         l.last().unwrap() < &(l[0] * 0.5),
         "loss did not fall: {l:?}"
@@ -100,11 +105,49 @@ fn loss_decreases_on_tiny_bert() {
 
 #[test]
 fn loss_decreases_on_tiny_llama() {
-    let l = losses("tiny-llama");
+    let l = losses("tiny-llama", &[]);
     assert!(
         l.last().unwrap() < &(l[0] * 0.5),
         "loss did not fall: {l:?}"
     );
+}
+
+/// The embedded default's recipe: late-interaction readout, isolated segments, the
+/// full depth weighed up.
+#[test]
+fn loss_decreases_with_max_sim_on_isolated_segments() {
+    let l = losses(
+        "tiny-bert",
+        &[
+            "model.readout=max-sim",
+            "model.isolate_segments=true",
+            "model.merge_mode=uniform",
+            "stage1.full_depth_weight=2.0",
+        ],
+    );
+    assert!(
+        l.last().unwrap() < &(l[0] * 0.5),
+        "loss did not fall: {l:?}"
+    );
+}
+
+#[test]
+fn inconsistent_model_settings_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = tiny_toml(dir.path());
+    let refused = |overrides: &[&str]| {
+        let o: Vec<String> = overrides.iter().map(|s| s.to_string()).collect();
+        TrainConfig::from_toml(&text, &o, "test")
+            .and_then(|mut cfg| cfg.resolve(3))
+            .expect_err("refused")
+            .to_string()
+    };
+    let e = refused(&["model.isolate_segments=true", "model.merge_mode=uniform"]);
+    assert!(e.contains("needs a span readout"), "{e}");
+    let e = refused(&["stage1.full_depth_weight=0"]);
+    assert!(e.contains("stage1.full_depth_weight"), "{e}");
+    let e = refused(&["model.readout=max-similarity"]);
+    assert!(e.contains("max-sim"), "{e}");
 }
 
 #[test]
