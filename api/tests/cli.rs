@@ -159,6 +159,47 @@ fn eval_reports_a_malformed_line_with_file_and_line() {
 }
 
 #[test]
+fn eval_readout_applies_to_an_untrained_base_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, qrels) = tiny_data(dir.path());
+    let model = repo().join("fixtures/tiny-bert");
+    let eval = |extra: &[&str]| {
+        let mut args = vec![
+            "eval",
+            "--data",
+            data.to_str().unwrap(),
+            "--qrels",
+            qrels.to_str().unwrap(),
+            "--configs",
+            "full",
+            "--json",
+        ];
+        args.extend_from_slice(extra);
+        mrank(&args)
+    };
+    let tiny = model.to_str().unwrap();
+    let (ok, stdout, stderr) = eval(&[
+        "--model",
+        tiny,
+        "--readout",
+        "max-sim",
+        "--isolate-segments",
+    ]);
+    assert!(ok, "{stderr}");
+    let value: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(value["configs"].as_array().unwrap().len(), 1);
+    let (ok, _, stderr) = eval(&["--model", tiny, "--readout", "mean"]);
+    assert!(
+        !ok && stderr.contains("use span-product or max-sim"),
+        "{stderr}"
+    );
+    // The embedded default's heads were trained for its own readout.
+    let (ok, _, stderr) = eval(&["--readout", "span-product"]);
+    assert!(!ok && stderr.contains("untrained base only"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
 fn train_refuses_to_overwrite_another_run() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("train.toml"), "[run]\nseed = 1\n").unwrap();
