@@ -20,6 +20,22 @@ fn mrank(args: &[&str]) -> (bool, String, String) {
     )
 }
 
+/// `mrank eval --data D --qrels Q --configs C --json` plus `extra` (a model, options).
+fn eval_json(data: &Path, qrels: &Path, configs: &str, extra: &[&str]) -> (bool, String, String) {
+    let mut args = vec![
+        "eval",
+        "--data",
+        data.to_str().unwrap(),
+        "--qrels",
+        qrels.to_str().unwrap(),
+        "--configs",
+        configs,
+        "--json",
+    ];
+    args.extend_from_slice(extra);
+    mrank(&args)
+}
+
 #[test]
 fn inspect_every_fixture() {
     for (name, family) in [
@@ -104,18 +120,8 @@ fn eval_json_interface() {
     let dir = tempfile::tempdir().unwrap();
     let (data, qrels) = tiny_data(dir.path());
     let model = repo().join("fixtures/tiny-bert");
-    let (ok, stdout, stderr) = mrank(&[
-        "eval",
-        "--model",
-        model.to_str().unwrap(),
-        "--data",
-        data.to_str().unwrap(),
-        "--qrels",
-        qrels.to_str().unwrap(),
-        "--configs",
-        "all",
-        "--json",
-    ]);
+    let (ok, stdout, stderr) =
+        eval_json(&data, &qrels, "all", &["--model", model.to_str().unwrap()]);
     assert!(ok, "{stderr}");
     // Exactly one JSON object on stdout.
     let value: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
@@ -163,20 +169,7 @@ fn eval_readout_applies_to_an_untrained_base_only() {
     let dir = tempfile::tempdir().unwrap();
     let (data, qrels) = tiny_data(dir.path());
     let model = repo().join("fixtures/tiny-bert");
-    let eval = |extra: &[&str]| {
-        let mut args = vec![
-            "eval",
-            "--data",
-            data.to_str().unwrap(),
-            "--qrels",
-            qrels.to_str().unwrap(),
-            "--configs",
-            "full",
-            "--json",
-        ];
-        args.extend_from_slice(extra);
-        mrank(&args)
-    };
+    let eval = |extra: &[&str]| eval_json(&data, &qrels, "full", extra);
     let tiny = model.to_str().unwrap();
     let (ok, stdout, stderr) = eval(&[
         "--model",
@@ -216,16 +209,7 @@ fn train_refuses_to_overwrite_another_run() {
 fn eval_uses_the_embedded_default_without_model() {
     let dir = tempfile::tempdir().unwrap();
     let (data, qrels) = tiny_data(dir.path());
-    let (ok, stdout, stderr) = mrank(&[
-        "eval",
-        "--data",
-        data.to_str().unwrap(),
-        "--qrels",
-        qrels.to_str().unwrap(),
-        "--configs",
-        "full,d3",
-        "--json",
-    ]);
+    let (ok, stdout, stderr) = eval_json(&data, &qrels, "full,d3", &[]);
     assert!(ok, "{stderr}");
     let value: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
     assert!(

@@ -5,6 +5,7 @@
 
 use crate::graph::{GraphBuilder, MASKED};
 use crate::onnx::AttributeProto;
+use trainer::Readout;
 
 /// Where a family reads its score (and takes its merge weights from).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -221,9 +222,14 @@ pub fn span_vector(
 }
 
 /// The readouts of the trainer's `Readout`: `[B, T, H]` → `[B, H]`.
-pub fn readout(g: &mut GraphBuilder, hidden: &str, layout: &Layout, kind: &str) -> String {
-    match kind {
-        "span-product" => {
+pub fn read_features(
+    g: &mut GraphBuilder,
+    hidden: &str,
+    layout: &Layout,
+    readout: Readout,
+) -> String {
+    match readout {
+        Readout::SpanProduct => {
             let q = span_vector(g, hidden, &layout.query_start, &layout.query_end, layout);
             let p = span_vector(
                 g,
@@ -234,7 +240,7 @@ pub fn readout(g: &mut GraphBuilder, hidden: &str, layout: &Layout, kind: &str) 
             );
             g.mul(&q, &p)
         }
-        "max-sim" => {
+        Readout::MaxSim => {
             let query_weights = span_weights(g, &layout.query_start, &layout.query_end, layout);
             max_sim(
                 g,
@@ -246,14 +252,14 @@ pub fn readout(g: &mut GraphBuilder, hidden: &str, layout: &Layout, kind: &str) 
                 layout,
             )
         }
-        "mean" => {
+        Readout::Mean => {
             let zero = g.scalar_i64(0);
             let starts = g.mul(&layout.lengths, &zero);
             let w = span_weights(g, &starts, &layout.lengths, layout);
             let m = g.matmul(&w, hidden);
             g.squeeze(&m, &[1])
         }
-        _ => match layout.scoring {
+        Readout::ScoringPosition => match layout.scoring {
             ScoringPosition::First => {
                 let zero = g.scalar_i64(0);
                 g.gather(hidden, &zero, 1)

@@ -3,12 +3,13 @@
 //! layers, the depth's head on the readout.
 
 use models::SubStructure;
-use trainer::MergeMode;
+use trainer::{MergeMode, Readout};
 
 use crate::blocks::{
-    layout_from_inputs, max_sim, merge, readout, span_vector, span_weights, Layout, ScoringPosition,
+    layout_from_inputs, max_sim, merge, read_features, span_vector, span_weights, Layout,
+    ScoringPosition,
 };
-use crate::error::Result;
+use crate::error::{ExportError, Result};
 use crate::families::{GraphFamily, Inputs};
 use crate::graph::GraphBuilder;
 use crate::onnx::{data_type, DimSpec};
@@ -16,22 +17,16 @@ use crate::weights::ModelWeights;
 
 /// Names of the graph inputs, in order. `query_span` only exists for the span readouts
 /// (span-product, max-sim), `token_type_ids` only for BERT.
-pub fn input_names(family: &dyn GraphFamily, readout_kind: &str) -> Vec<String> {
+pub fn input_names(family: &dyn GraphFamily, readout: Readout) -> Vec<String> {
     let mut names = vec!["input_ids".to_string(), "attention_mask".to_string()];
     if family.has_token_types() {
         names.push("token_type_ids".into());
     }
     names.push("passage_span".into());
-    if reads_spans(readout_kind) {
+    if readout.reads_spans() {
         names.push("query_span".into());
     }
     names
-}
-
-/// The readouts that compare a query span with a passage span (trainer:
-/// `Readout::reads_spans`).
-pub fn reads_spans(readout_kind: &str) -> bool {
-    trainer::Readout::parse(readout_kind).is_some_and(|r| r.reads_spans())
 }
 
 pub fn build(
@@ -39,7 +34,7 @@ pub fn build(
     family: &dyn GraphFamily,
     w: &ModelWeights,
     sub: &SubStructure,
-    readout_kind: &str,
+    readout: Readout,
     mode: MergeMode,
 ) -> Result<()> {
     use DimSpec::{Fixed, Named};
@@ -65,7 +60,8 @@ pub fn build(
         data_type::INT64,
         &[Named("batch"), Fixed(2)],
     );
-    let query = reads_spans(readout_kind)
+    let query = readout
+        .reads_spans()
         .then(|| g.input("query_span", data_type::INT64, &[Named("batch"), Fixed(2)]));
     let mut layout =
         layout_from_inputs(g, &ids, &mask, &passage, query.as_deref(), family.scoring());
@@ -94,7 +90,7 @@ pub fn build(
         attention = attn;
     }
     let normed = family.pre_readout(g, w, &hidden)?;
-    let features = readout(g, &normed, &layout, readout_kind);
+    let features = read_features(g, &normed, &layout, readout);
     score_output(g, family, w, sub.depth, &features)
 }
 
@@ -121,7 +117,7 @@ pub fn build_split(
     family: &dyn GraphFamily,
     w: &ModelWeights,
     sub: &SubStructure,
-    readout_kind: &str,
+    readout: Readout,
 ) -> Result<()> {
     use DimSpec::Named;
     let matrix = |g: &mut GraphBuilder, name: &str, rows: &'static str, cols: &'static str| {
@@ -194,37 +190,47 @@ pub fn build_split(
             .layer(g, w, layer, &p_hidden, &p_layout, &p_prepared, false)?
             .0;
     }
-    let features = if readout_kind == "max-sim" {
-        // Each passage row meets its query's token states (gathered, `[B, Tq, H]`).
-        let q_weights = span_weights(g, &q_layout.query_start, &q_layout.query_end, &q_layout);
-        let q_rows = g.gather(&q_hidden, &query_index, 0);
-        let q_weights = g.gather(&q_weights, &query_index, 0);
-        max_sim(
-            g,
-            &q_rows,
-            &q_weights,
-            &p_hidden,
-            &p_layout.passage_start,
-            &p_layout.passage_end,
-            &p_layout,
-        )
-    } else {
-        let q_vec = span_vector(
-            g,
-            &q_hidden,
-            &q_layout.query_start,
-            &q_layout.query_end,
-            &q_layout,
-        );
-        let p_vec = span_vector(
-            g,
-            &p_hidden,
-            &p_layout.passage_start,
-            &p_layout.passage_end,
-            &p_layout,
-        );
-        let q_rows = g.gather(&q_vec, &query_index, 0);
-        g.mul(&q_rows, &p_vec)
+    let features = match readout {
+        Readout::MaxSim => {
+            // Each passage row meets its query's token states (gathered, `[B, Tq, H]`).
+            let q_weights = span_weights(g, &q_layout.query_start, &q_layout.query_end, &q_layout);
+            let q_rows = g.gather(&q_hidden, &query_index, 0);
+            let q_weights = g.gather(&q_weights, &query_index, 0);
+            max_sim(
+                g,
+                &q_rows,
+                &q_weights,
+                &p_hidden,
+                &p_layout.passage_start,
+                &p_layout.passage_end,
+                &p_layout,
+            )
+        }
+        Readout::SpanProduct => {
+            let q_vec = span_vector(
+                g,
+                &q_hidden,
+                &q_layout.query_start,
+                &q_layout.query_end,
+                &q_layout,
+            );
+            let p_vec = span_vector(
+                g,
+                &p_hidden,
+                &p_layout.passage_start,
+                &p_layout.passage_end,
+                &p_layout,
+            );
+            let q_rows = g.gather(&q_vec, &query_index, 0);
+            g.mul(&q_rows, &p_vec)
+        }
+        other => {
+            return Err(ExportError::Input(format!(
+                "split graphs (isolated segments) need a span readout, span-product or \
+                 max-sim; the adapters use {}",
+                other.name()
+            )))
+        }
     };
     score_output(g, family, w, sub.depth, &features)
 }

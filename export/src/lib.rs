@@ -100,15 +100,14 @@ pub fn export_with(
 ) -> Result<Manifest> {
     let family = graph_family(&checkpoint.config)?;
     let dims = checkpoint.config.dimensions();
-    let readout = adapters.heads.readout.name().to_string();
+    let readout = adapters.heads.readout;
     let isolated = adapters.meta.isolate_segments;
-    if isolated
-        && (!matches!(checkpoint.config, ModelConfig::Bert(_)) || !forward::reads_spans(&readout))
-    {
+    if isolated && (!matches!(checkpoint.config, ModelConfig::Bert(_)) || !readout.reads_spans()) {
         return Err(ExportError::Input(format!(
             "the adapters isolate query and passage segments, which needs a bert checkpoint \
-             and a span readout, span-product or max-sim (this is {} with {readout})",
-            checkpoint.config.variant_name()
+             and a span readout, span-product or max-sim (this is {} with {})",
+            checkpoint.config.variant_name(),
+            readout.name()
         )));
     }
     let mode = adapters.merge_mode();
@@ -130,9 +129,9 @@ pub fn export_with(
         let w = ModelWeights::new(checkpoint, adapters, sub, &id, req.merge_adapters);
         let mut g = GraphBuilder::new(Some(&mut store));
         if isolated {
-            forward::build_split(&mut g, family.as_ref(), &w, sub, &readout)?;
+            forward::build_split(&mut g, family.as_ref(), &w, sub, readout)?;
         } else {
-            forward::build(&mut g, family.as_ref(), &w, sub, &readout, mode)?;
+            forward::build(&mut g, family.as_ref(), &w, sub, readout, mode)?;
         }
         let shared = g.shared.clone();
         let model = g.finish(
@@ -140,7 +139,7 @@ pub fn export_with(
             &format!("mrank sub-structure {id} of {}", checkpoint.dir.display()),
             &[
                 ("mrank.config", id.clone()),
-                ("mrank.readout", readout.clone()),
+                ("mrank.readout", readout.name().to_string()),
             ],
         );
         let file = format!("{id}.onnx");
@@ -180,7 +179,7 @@ pub fn export_with(
         num_layers: dims.num_layers,
         hidden_size: dims.hidden_size,
         max_length: req.max_length,
-        readout: readout.clone(),
+        readout: readout.name().to_string(),
         merge_mode: trainer::adapters::merge_mode_name(mode).into(),
         inputs: if isolated {
             forward::SPLIT_INPUTS
@@ -188,7 +187,7 @@ pub fn export_with(
                 .map(|s| s.to_string())
                 .collect()
         } else {
-            forward::input_names(family.as_ref(), &readout)
+            forward::input_names(family.as_ref(), readout)
         },
         tokenizer: "tokenizer.json".into(),
         model_config: "config.json".into(),

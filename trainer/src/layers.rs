@@ -221,15 +221,22 @@ pub fn masked_mean(hidden: &Tensor, lengths: &[usize]) -> Result<Tensor> {
     Ok(w.matmul(&hidden.contiguous()?)?.squeeze(1)?)
 }
 
+/// A span cut to a padded length `t`, as `(start, len)`: both span readouts read only
+/// the tokens that exist, so a span running past the padding reads what is left of it.
+fn clamp_span(span: &models::Span, t: usize) -> (usize, usize) {
+    let end = span.end().min(t);
+    let start = span.start.min(end);
+    (start, end - start)
+}
+
 /// Mean over one span per row: `[B, T, H]` → `[B, H]` (an empty span gives zeros).
 pub fn span_mean(hidden: &Tensor, spans: &[models::Span]) -> Result<Tensor> {
     let (b, t, _) = hidden.dims3()?;
     let mut w = vec![0f32; b * t];
     for (row, span) in spans.iter().enumerate() {
-        let end = span.end().min(t);
-        for weight in &mut w[row * t + span.start.min(end)..row * t + end] {
-            *weight = 1.0 / span.len.max(1) as f32;
-        }
+        let (start, len) = clamp_span(span, t);
+        // The divisor is the span's own length, as the exported graph's `span_weights`.
+        w[row * t + start..row * t + start + len].fill(1.0 / span.len.max(1) as f32);
     }
     let w = Tensor::from_vec(w, (b, 1, t), hidden.device())?;
     Ok(w.matmul(&hidden.contiguous()?)?.squeeze(1)?)
@@ -251,11 +258,7 @@ pub fn max_sim(
     let (b, t, h) = hidden.dims3()?;
     let mut rows = Vec::with_capacity(b);
     for row in 0..b {
-        let clamp = |s: &models::Span| {
-            let end = s.end().min(t);
-            (s.start.min(end), end - s.start.min(end))
-        };
-        let ((qs, ql), (ps, pl)) = (clamp(&query[row]), clamp(&passage[row]));
+        let ((qs, ql), (ps, pl)) = (clamp_span(&query[row], t), clamp_span(&passage[row], t));
         if ql == 0 || pl == 0 {
             rows.push(Tensor::zeros(h, hidden.dtype(), hidden.device())?);
             continue;
@@ -293,12 +296,11 @@ mod tests {
         let hidden = Tensor::from_slice(&values, (1, 5, 2), &candle_core::Device::Cpu).unwrap();
         let query = [Span { start: 1, len: 2 }];
         let passage = [Span { start: 3, len: 2 }];
-        let f: Vec<f32> = max_sim(&hidden, &query, &passage)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1()
-            .unwrap();
+        let features = |passage: &[Span]| -> Vec<f32> {
+            let f = max_sim(&hidden, &query, passage).unwrap();
+            f.flatten_all().unwrap().to_vec1().unwrap()
+        };
+        let f = features(&passage);
         let r = std::f32::consts::FRAC_1_SQRT_2;
         assert!((f[0] - 0.5).abs() < 1e-6, "{f:?}");
         assert!((f[1] - r / 2.0).abs() < 1e-6, "{f:?}");
@@ -306,12 +308,6 @@ mod tests {
         assert!((f.iter().sum::<f32>() - (1.0 + r) / 2.0).abs() < 1e-6);
         // A row without passage tokens reads zeros, as the exported graph does.
         let empty = [Span { start: 5, len: 0 }];
-        let z: Vec<f32> = max_sim(&hidden, &query, &empty)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1()
-            .unwrap();
-        assert_eq!(z, vec![0.0, 0.0]);
+        assert_eq!(features(&empty), vec![0.0, 0.0]);
     }
 }
