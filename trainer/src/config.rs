@@ -54,9 +54,10 @@ pub struct DataSection {
     pub group_size: usize,
     /// Share of steps drawn from the unlabeled files.
     pub unlabeled_fraction: f64,
-    /// Teacher scores: `bi-encoder` (the base model's own cosine) or `none`.
+    /// Teacher scores: `bi-encoder` (the base model's own pooled cosine), `max-sim` (the
+    /// base's own late interaction over its last layer) or `none`.
     pub teacher: String,
-    /// Temperature applied to teacher cosines.
+    /// Temperature applied to teacher scores (both teachers score cosines, in [-1, 1]).
     pub teacher_temperature: f64,
 }
 
@@ -352,9 +353,9 @@ impl TrainConfig {
                 self.model.readout
             ));
         }
-        if !["bi-encoder", "none"].contains(&self.data.teacher.as_str()) {
+        if !["bi-encoder", "max-sim", "none"].contains(&self.data.teacher.as_str()) {
             return bad(format!(
-                "data.teacher {:?}: use bi-encoder or none",
+                "data.teacher {:?}: use bi-encoder, max-sim or none",
                 self.data.teacher
             ));
         }

@@ -312,8 +312,9 @@ impl Trainer {
         meta.alpha = cfg.lora.alpha;
         meta.depth_buckets = cfg.stage2.depth_buckets.clone();
         meta.format = FORMAT.into();
-        if cfg.data.teacher == "bi-encoder" {
+        if cfg.data.teacher != "none" {
             data.teacher = teacher_scores(
+                &cfg.data.teacher,
                 backbone.as_ref(),
                 &encoder,
                 &data,
@@ -907,9 +908,13 @@ impl Trainer {
     }
 }
 
-/// Bi-encoder cosine of every (query, candidate) in the training data, cached in
-/// `out_dir/teacher.safetensors` (recomputed when missing).
+/// The teacher's score of every (query, candidate) in the training data: `kind` is
+/// `bi-encoder` (pooled cosine) or `max-sim` (late interaction), both of the base as it
+/// is. Cached in `out_dir/teacher.safetensors`, whose header names the teacher and the
+/// max length; the cache is recomputed when either differs or a query is missing.
+/// Caches written before the header existed hold bi-encoder cosines.
 fn teacher_scores(
+    kind: &str,
     model: &dyn Backbone,
     encoder: &PairEncoder,
     data: &TrainData,
@@ -924,14 +929,21 @@ fn teacher_scores(
         .map(|l| &l.query)
         .chain(data.unlabeled.iter())
         .collect();
-    if cache.exists() {
-        let tensors = candle_core::safetensors::load(&cache, device)?;
+    let header = HashMap::from([
+        ("teacher".to_string(), kind.to_string()),
+        ("max_length".to_string(), max_length.to_string()),
+    ]);
+    if let Some(tensors) = read_teacher_cache(&cache, &header, device) {
         if queries.iter().all(|q| tensors.contains_key(&q.qid)) {
             return queries
                 .iter()
                 .map(|q| Ok((q.qid.clone(), tensors[&q.qid].to_vec1()?)))
                 .collect();
         }
+        eprintln!(
+            "{}: some training queries are not in the cached teacher scores; recomputing",
+            cache.display()
+        );
     }
     std::fs::create_dir_all(out_dir)
         .map_err(|e| TrainerError::Input(format!("{}: {e}", out_dir.display())))?;
@@ -939,11 +951,14 @@ fn teacher_scores(
     let mut out = HashMap::new();
     for (i, q) in queries.iter().enumerate() {
         let texts: Vec<&str> = q.candidates.iter().map(|c| c.text.as_str()).collect();
-        let scores =
-            crate::biencoder::cosine_scores(model, encoder, &q.query, &texts, max_length, device)?;
+        let scores = if kind == "max-sim" {
+            crate::biencoder::max_sim_scores(model, encoder, &q.query, &texts, max_length, device)?
+        } else {
+            crate::biencoder::cosine_scores(model, encoder, &q.query, &texts, max_length, device)?
+        };
         out.insert(q.qid.clone(), scores);
         eprint!(
-            "\rteacher (bi-encoder cosine): query {}/{} · {:.0}s   ",
+            "\rteacher ({kind}): query {}/{} · {:.0}s   ",
             i + 1,
             queries.len(),
             started.elapsed().as_secs_f64()
@@ -955,6 +970,46 @@ fn teacher_scores(
         .iter()
         .map(|(k, v)| Ok((k.clone(), Tensor::new(v.as_slice(), device)?)))
         .collect::<Result<_>>()?;
-    save_tensors(&tensors, None, &cache)?;
+    save_tensors(&tensors, Some(header), &cache)?;
     Ok(out)
+}
+
+/// The cached teacher scores when the cache was written by the same teacher at the same
+/// max length (a header without these entries is an older bi-encoder cache); `None`
+/// when there is no usable cache, with a line saying why when one exists.
+fn read_teacher_cache(
+    cache: &Path,
+    header: &HashMap<String, String>,
+    device: &Device,
+) -> Option<HashMap<String, Tensor>> {
+    let bytes = std::fs::read(cache).ok()?;
+    let written = safetensors::SafeTensors::read_metadata(&bytes)
+        .ok()
+        .and_then(|(_, h)| h.metadata().clone())
+        .unwrap_or_default();
+    for (key, want) in header {
+        let legacy = if key == "teacher" {
+            "bi-encoder"
+        } else {
+            want.as_str()
+        };
+        let had = written.get(key).map(String::as_str).unwrap_or(legacy);
+        if had != want {
+            eprintln!(
+                "{}: cached teacher scores have {key} = {had}, this run wants {want}; recomputing",
+                cache.display()
+            );
+            return None;
+        }
+    }
+    match candle_core::safetensors::load_buffer(&bytes, device) {
+        Ok(tensors) => Some(tensors),
+        Err(e) => {
+            eprintln!(
+                "{}: unreadable teacher cache ({e}); recomputing",
+                cache.display()
+            );
+            None
+        }
+    }
 }

@@ -7,7 +7,8 @@ use common::{fixture, ints, load, max_abs_diff, rel_err_real, tiny};
 use models::{EncodedPair, PaddedBatch, PairEncoder, Span, SubStructure};
 use rand::{Rng, SeedableRng};
 use trainer::merge::{apply_merge, plan_merge};
-use trainer::{forward, load_backbone, MergeMode, ModelInput, RowLayout};
+use trainer::reranker::Reranker;
+use trainer::{forward, load_backbone, MergeMode, ModelInput, Readout, RowLayout};
 
 /// The merge function against the fixture script's reference implementation.
 #[test]
@@ -396,6 +397,72 @@ fn isolated_segments_equal_the_lone_texts() {
             let got = joint.get(row).unwrap().narrow(0, start, ids.len()).unwrap();
             let gap = max_abs_diff(&got, &want);
             assert!(gap < 1e-5, "row {row} segment at {start}: {gap}");
+        }
+    }
+}
+
+/// The max-sim teacher (the base's own late interaction, each text encoded alone) is the
+/// untrained max-sim readout at full depth on isolated segments, so distilling from it
+/// pulls the sub-structures towards where the full model starts.
+#[test]
+fn the_max_sim_teacher_is_the_untrained_max_sim_readout() {
+    let dir = fixture("tiny-bert");
+    let mut reranker = Reranker::load(&dir, None, 64, &Device::Cpu).unwrap();
+    reranker.backbone.isolate_segments(true).unwrap();
+    reranker.encoder.set_isolated_segments(true).unwrap();
+    reranker.adapters.heads.readout = Readout::MaxSim;
+    let query = "how long do fleas live";
+    let passages = [
+        "a flea can live up to a year",
+        "the price of a ticket depends on the season and the route",
+        "fleas",
+    ];
+    let full = SubStructure::full(reranker.num_layers());
+    let readout = reranker.score(query, &passages, &full, 4096).unwrap();
+    let teacher = trainer::biencoder::max_sim_scores(
+        reranker.backbone.as_ref(),
+        &reranker.encoder,
+        query,
+        &passages,
+        64,
+        &Device::Cpu,
+    )
+    .unwrap();
+    assert_eq!(readout.len(), passages.len());
+    // Unit heads (head scale 1) score the mean best cosine itself.
+    for (row, (r, t)) in readout.iter().zip(&teacher).enumerate() {
+        assert!(
+            (r - t).abs() < 1e-5,
+            "passage {row}: readout {r}, teacher {t}"
+        );
+        assert!(t.abs() <= 1.0 + 1e-6, "a mean of cosines: {t}");
+    }
+    // The passages are not scored alike (the comparison above is not vacuous).
+    assert!((teacher[0] - teacher[1]).abs() > 1e-4, "{teacher:?}");
+    // Both teachers encode each text as the base does, whether or not the backbone
+    // isolates segments (training isolates it before computing the teacher).
+    let plain = Reranker::load(&dir, None, 64, &Device::Cpu).unwrap();
+    for teacher in [
+        trainer::biencoder::cosine_scores,
+        trainer::biencoder::max_sim_scores,
+    ] {
+        let score = |r: &Reranker| {
+            teacher(
+                r.backbone.as_ref(),
+                &r.encoder,
+                query,
+                &passages,
+                64,
+                &Device::Cpu,
+            )
+            .unwrap()
+        };
+        let (isolated, base) = (score(&reranker), score(&plain));
+        for (a, b) in isolated.iter().zip(&base) {
+            assert!(
+                (a - b).abs() < 1e-5,
+                "isolated {isolated:?}, plain {base:?}"
+            );
         }
     }
 }
