@@ -26,10 +26,11 @@ out=$RUNS/ablation-no-sd
 if [ ! -f "$out/adapters.safetensors" ]; then
     mkdir -p "$out"
     [ -f "$TEACHER" ] && [ ! -f "$out/teacher.safetensors" ] && cp "$TEACHER" "$out/"
-    resume=()
-    [ -f "$out/checkpoint.safetensors" ] && resume=(--resume)
+    # A resumed run continues with the config saved in its folder.
+    start=(--config adapters/minilm-l6/train.toml)
+    [ -f "$out/checkpoint.safetensors" ] && start=(--resume)
     echo "without self-distillation: training $out (log: $out.log)"
-    "$MRANK" train --config adapters/minilm-l6/train.toml --out "$out" "${resume[@]}" \
+    "$MRANK" train "${start[@]}" --out "$out" \
         --set run.eval_configs=full \
         --set stage1.weight_self_distill=0 --set stage2.weight_self_distill=0 >>"$out.log" 2>&1
 fi
