@@ -912,7 +912,6 @@ impl Trainer {
 /// `bi-encoder` (pooled cosine) or `max-sim` (late interaction), both of the base as it
 /// is. Cached in `out_dir/teacher.safetensors`, whose header names the teacher and the
 /// max length; the cache is recomputed when either differs or a query is missing.
-/// Caches written before the header existed hold bi-encoder cosines.
 fn teacher_scores(
     kind: &str,
     model: &dyn Backbone,
@@ -975,8 +974,9 @@ fn teacher_scores(
 }
 
 /// The cached teacher scores when the cache was written by the same teacher at the same
-/// max length (a header without these entries is an older bi-encoder cache); `None`
-/// when there is no usable cache, with a line saying why when one exists.
+/// max length; `None` when there is no usable cache, with a line saying why when one
+/// exists. A cache without these header entries predates them and is not trusted: a
+/// run with isolated segments wrote wrong bi-encoder scores then.
 fn read_teacher_cache(
     cache: &Path,
     header: &HashMap<String, String>,
@@ -988,12 +988,7 @@ fn read_teacher_cache(
         .and_then(|(_, h)| h.metadata().clone())
         .unwrap_or_default();
     for (key, want) in header {
-        let legacy = if key == "teacher" {
-            "bi-encoder"
-        } else {
-            want.as_str()
-        };
-        let had = written.get(key).map(String::as_str).unwrap_or(legacy);
+        let had = written.get(key).map(String::as_str).unwrap_or("unrecorded");
         if had != want {
             eprintln!(
                 "{}: cached teacher scores have {key} = {had}, this run wants {want}; recomputing",
@@ -1011,5 +1006,37 @@ fn read_teacher_cache(
             );
             None
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_teacher_cache_is_used_only_for_the_teacher_and_length_that_wrote_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = dir.path().join("teacher.safetensors");
+        let device = Device::Cpu;
+        let scores = vec![(
+            "q1".to_string(),
+            Tensor::new(&[0.5f32, 0.25], &device).unwrap(),
+        )];
+        let header = |teacher: &str, len: &str| {
+            HashMap::from([
+                ("teacher".to_string(), teacher.to_string()),
+                ("max_length".to_string(), len.to_string()),
+            ])
+        };
+        save_tensors(&scores, Some(header("max-sim", "256")), &cache).unwrap();
+        let read = read_teacher_cache(&cache, &header("max-sim", "256"), &device).unwrap();
+        assert_eq!(read["q1"].to_vec1::<f32>().unwrap(), vec![0.5, 0.25]);
+        assert!(read_teacher_cache(&cache, &header("bi-encoder", "256"), &device).is_none());
+        assert!(read_teacher_cache(&cache, &header("max-sim", "128"), &device).is_none());
+        // Caches from before the header are recomputed; a missing cache is no error.
+        save_tensors(&scores, None, &cache).unwrap();
+        assert!(read_teacher_cache(&cache, &header("bi-encoder", "256"), &device).is_none());
+        std::fs::remove_file(&cache).unwrap();
+        assert!(read_teacher_cache(&cache, &header("bi-encoder", "256"), &device).is_none());
     }
 }
