@@ -136,6 +136,41 @@ pub fn span_weights(g: &mut GraphBuilder, start: &str, end: &str, layout: &Layou
     g.unsqueeze(&w, &[1])
 }
 
+/// The graph names of one depth's idf weighting (trainer: `idf::QueryIdf`).
+pub struct QueryIdfWeights {
+    /// `[V]` ln idf of every token id.
+    pub log_idf: String,
+    /// `[1]` the head's exponent α.
+    pub power: String,
+}
+
+/// Span weights `[B, 1, T]` reweighed by idf: token t of the span weighs idf(t)^α,
+/// normalised to sum 1 per row (trainer: the weighted mean of `max_sim`). `ids` are the
+/// input ids `[B, T0]` of the rows `layout` describes: merging shrinks only the passage,
+/// which comes after the query, so the first `T ≤ T0` input positions still hold the
+/// query tokens at their layout positions. A row with an empty span keeps zero weights.
+pub fn idf_span_weights(
+    g: &mut GraphBuilder,
+    span_weights: &str,
+    ids: &str,
+    layout: &Layout,
+    idf: &QueryIdfWeights,
+) -> String {
+    let starts = g.const_i64(&[0]);
+    let ends = g.unsqueeze(&layout.seq_len, &[0]);
+    let axes = g.const_i64(&[1]);
+    let ids = g.op("Slice", &[ids, &starts, &ends, &axes], vec![]); // [B, T]
+    let log_idf = g.gather(&idf.log_idf, &ids, 0); // [B, T]
+    let scaled = g.mul(&log_idf, &idf.power);
+    let token_weights = g.unary("Exp", &scaled);
+    let token_weights = g.unsqueeze(&token_weights, &[1]); // [B, 1, T]
+    let w = g.mul(span_weights, &token_weights);
+    let sum = g.reduce_sum(&w, &[-1], true);
+    let tiny = g.scalar_f32(1e-30);
+    let sum = g.max(&sum, &tiny);
+    g.div(&w, &sum)
+}
+
 /// `[B, T]` bool: position lies in `start..end` of its row.
 fn span_inside(g: &mut GraphBuilder, start: &str, end: &str, layout: &Layout) -> String {
     let positions = layout.positions(g);
@@ -222,11 +257,13 @@ pub fn span_vector(
 }
 
 /// The readouts of the trainer's `Readout`: `[B, T, H]` → `[B, H]`.
+/// `query_idf`: the depth's idf weighting and the `[B, T]` input ids, for max-sim.
 pub fn read_features(
     g: &mut GraphBuilder,
     hidden: &str,
     layout: &Layout,
     readout: Readout,
+    query_idf: Option<(&QueryIdfWeights, &str)>,
 ) -> String {
     match readout {
         Readout::SpanProduct => {
@@ -241,7 +278,10 @@ pub fn read_features(
             g.mul(&q, &p)
         }
         Readout::MaxSim => {
-            let query_weights = span_weights(g, &layout.query_start, &layout.query_end, layout);
+            let mut query_weights = span_weights(g, &layout.query_start, &layout.query_end, layout);
+            if let Some((idf, ids)) = query_idf {
+                query_weights = idf_span_weights(g, &query_weights, ids, layout, idf);
+            }
             max_sim(
                 g,
                 hidden,

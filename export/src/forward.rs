@@ -6,8 +6,8 @@ use models::SubStructure;
 use trainer::{MergeMode, Readout};
 
 use crate::blocks::{
-    layout_from_inputs, max_sim, merge, read_features, span_vector, span_weights, Layout,
-    ScoringPosition,
+    idf_span_weights, layout_from_inputs, max_sim, merge, read_features, span_vector, span_weights,
+    Layout, ScoringPosition,
 };
 use crate::error::{ExportError, Result};
 use crate::families::{GraphFamily, Inputs};
@@ -90,7 +90,16 @@ pub fn build(
         attention = attn;
     }
     let normed = family.pre_readout(g, w, &hidden)?;
-    let features = read_features(g, &normed, &layout, readout);
+    let query_idf = w.query_idf(g, sub.depth)?;
+    let features = read_features(
+        g,
+        &normed,
+        &layout,
+        readout,
+        query_idf
+            .as_ref()
+            .map(|idf| (idf, inputs.input_ids.as_str())),
+    );
     score_output(g, family, w, sub.depth, &features)
 }
 
@@ -162,7 +171,7 @@ pub fn build_split(
         g,
         w,
         &Inputs {
-            input_ids: query_ids,
+            input_ids: query_ids.clone(),
             token_type_ids: None,
         },
     )?;
@@ -193,7 +202,11 @@ pub fn build_split(
     let features = match readout {
         Readout::MaxSim => {
             // Each passage row meets its query's token states (gathered, `[B, Tq, H]`).
-            let q_weights = span_weights(g, &q_layout.query_start, &q_layout.query_end, &q_layout);
+            let mut q_weights =
+                span_weights(g, &q_layout.query_start, &q_layout.query_end, &q_layout);
+            if let Some(idf) = w.query_idf(g, sub.depth)? {
+                q_weights = idf_span_weights(g, &q_weights, &query_ids, &q_layout, &idf);
+            }
             let q_rows = g.gather(&q_hidden, &query_index, 0);
             let q_weights = g.gather(&q_weights, &query_index, 0);
             max_sim(

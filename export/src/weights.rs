@@ -7,7 +7,7 @@ use candle_core::{Device, Tensor};
 use models::{Checkpoint, SubStructure};
 use trainer::adapters::Adapters;
 
-use crate::blocks::Projection;
+use crate::blocks::{Projection, QueryIdfWeights};
 use crate::error::Result;
 use crate::graph::GraphBuilder;
 
@@ -220,6 +220,25 @@ impl<'a> ModelWeights<'a> {
         );
         let b = g.weight(&format!("{base}.qkv.bias"), &[bs.len()], &bs);
         Ok(Some((w, b)))
+    }
+
+    /// The idf weighting of the query tokens that the head of `depth` learned
+    /// (`trainer::idf::QueryIdf`): the table is shared by all graphs, the exponent is
+    /// inline. `None` for uniform query weights.
+    pub fn query_idf(&self, g: &mut GraphBuilder, depth: usize) -> Result<Option<QueryIdfWeights>> {
+        let Some(idf) = &self.adapters.heads.query_idf else {
+            return Ok(None);
+        };
+        let power = idf.power.get(&depth).ok_or_else(|| {
+            crate::error::ExportError::Input(format!(
+                "the adapters' idf weighting has no exponent for depth {depth}"
+            ))
+        })?;
+        let table: Vec<f32> = idf.log_idf.to_vec1()?;
+        let log_idf = g.weight("idf.log", &[table.len()], &table);
+        let power: Vec<f32> = power.flatten_all()?.to_vec1()?;
+        let power = g.inline_weight(&format!("head.{depth}.idf_power"), &[1], &power);
+        Ok(Some(QueryIdfWeights { log_idf, power }))
     }
 
     /// The head of `depth`: `(weight_t [H, 1], bias [1])`, inline in the graph.

@@ -11,6 +11,7 @@ use models::{
     Checkpoint, EncodedPair, PaddedBatch, PairEncoder, Runtime, SubStructure, SubStructureSpace,
 };
 use trainer::adapters::Adapters;
+use trainer::idf::QueryIdf;
 use trainer::reranker::Reranker;
 use trainer::{load_backbone, Readout};
 
@@ -82,12 +83,40 @@ fn check_family(
     merge_mode: &str,
     isolate_segments: bool,
 ) -> tempfile::TempDir {
+    check_family_with(name, readout, merge_mode, isolate_segments, false)
+}
+
+/// Random idf weights for max-sim's query tokens: a table in [0, 2) (ln idf) and an
+/// exponent in [0.5, 2) per head.
+fn random_query_idf(adapters: &mut Adapters, vocab_size: usize) {
+    let device = Device::Cpu;
+    let log_idf = Tensor::rand(0f32, 2.0, vocab_size, &device).unwrap();
+    let power = adapters
+        .heads
+        .by_depth
+        .keys()
+        .map(|&d| (d, Tensor::rand(0.5f32, 2.0, 1, &device).unwrap()))
+        .collect();
+    adapters.heads.query_idf = Some(QueryIdf { log_idf, power });
+    adapters.meta.query_weights = "idf".into();
+}
+
+fn check_family_with(
+    name: &str,
+    readout: Readout,
+    merge_mode: &str,
+    isolate_segments: bool,
+    query_idf: bool,
+) -> tempfile::TempDir {
     let dir = fixture(name);
     let checkpoint = Checkpoint::open(&dir).unwrap();
     let dims = checkpoint.config.dimensions();
     let space = SubStructureSpace::default_for(dims.num_layers);
     let mut adapters = random_adapters(&checkpoint, readout, merge_mode, &space);
     adapters.meta.isolate_segments = isolate_segments;
+    if query_idf {
+        random_query_idf(&mut adapters, dims.vocab_size);
+    }
     let mut configs = space.enumerate();
     configs.sort_by_key(|s| s.id(dims.num_layers));
     configs.dedup();
@@ -226,14 +255,26 @@ fn onnx_parity_bert() {
     // Late interaction, joint and split (each passage row meets its query's tokens).
     let d = check_family("tiny-bert", Readout::MaxSim, "attention", false);
     let e = check_family("tiny-bert", Readout::MaxSim, "uniform", true);
-    onnx_checker(&[a.path(), b.path(), c.path(), d.path(), e.path()]);
+    // Idf-weighted query tokens, joint and split.
+    let f = check_family_with("tiny-bert", Readout::MaxSim, "attention", false, true);
+    let g = check_family_with("tiny-bert", Readout::MaxSim, "uniform", true, true);
+    onnx_checker(&[
+        a.path(),
+        b.path(),
+        c.path(),
+        d.path(),
+        e.path(),
+        f.path(),
+        g.path(),
+    ]);
 }
 
 #[test]
 fn onnx_parity_llama() {
     let d = check_family("tiny-llama", Readout::ScoringPosition, "attention", false);
     let e = check_family("tiny-llama", Readout::MaxSim, "uniform", false);
-    onnx_checker(&[d.path(), e.path()]);
+    let f = check_family_with("tiny-llama", Readout::MaxSim, "uniform", false, true);
+    onnx_checker(&[d.path(), e.path(), f.path()]);
 }
 
 #[test]

@@ -219,7 +219,8 @@ impl PairEncoder {
         }
     }
 
-    fn tokens(&self, text: &str) -> Result<Vec<u32>> {
+    /// The token ids of `text`, without template tokens or truncation.
+    pub fn tokens(&self, text: &str) -> Result<Vec<u32>> {
         self.tokenizer
             .encode(text, false)
             .map(|e| e.get_ids().to_vec())

@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, TrainerError};
 use crate::forward::{Backbone, Heads, Readout};
+use crate::idf::QueryIdf;
 use crate::linear::{Linear, LoraBranch};
 use crate::merge::MergeMode;
 
@@ -44,10 +45,18 @@ pub struct AdapterMeta {
     /// absent in files written before the option existed.
     #[serde(default)]
     pub isolate_segments: bool,
+    /// How max-sim weighs the query tokens: `uniform`, or `idf` (the file then holds the
+    /// idf table and each head's exponent, `idf::QueryIdf`). Absent in older files.
+    #[serde(default = "uniform_query_weights")]
+    pub query_weights: String,
     pub rank: usize,
     pub alpha: f64,
     /// Depth buckets of the vertical adapters, inclusive ranges.
     pub depth_buckets: Vec<(usize, usize)>,
+}
+
+fn uniform_query_weights() -> String {
+    "uniform".into()
 }
 
 #[derive(Debug, Clone)]
@@ -101,6 +110,7 @@ impl Adapters {
                 readout: readout.name().into(),
                 merge_mode: merge_mode_name(MergeMode::Attention).into(),
                 isolate_segments: false,
+                query_weights: uniform_query_weights(),
                 rank: 0,
                 alpha: 0.0,
                 depth_buckets: Vec::new(),
@@ -197,6 +207,9 @@ impl Adapters {
                 tensors.push((format!("head.{depth}.bias"), b.clone()));
             }
         }
+        if let Some(idf) = &self.heads.query_idf {
+            tensors.extend(idf.tensors());
+        }
         for (set, loras) in &self.sets {
             for ((layer, proj), (a, b)) in loras {
                 tensors.push((format!("lora.{set}.{layer}.{proj}.a"), a.clone()));
@@ -260,7 +273,7 @@ impl Adapters {
                         .by_depth
                         .insert(depth, Linear::new(tensor.to_dtype(DType::F32)?, bias));
                 }
-                ["head", _, "bias"] => {}
+                ["head", _, "bias"] | ["head", _, "idf_power"] | ["idf", "log"] => {}
                 ["lora", set, layer, proj, which] => {
                     let layer: usize = layer.parse().map_err(|_| bad(format!("tensor {name}")))?;
                     let entry = pending
@@ -283,6 +296,33 @@ impl Adapters {
         }
         if heads.by_depth.is_empty() {
             return Err(bad("no scoring heads".into()));
+        }
+        heads.query_idf = QueryIdf::from_tensors(&tensors, heads.by_depth.keys().copied())
+            .map_err(|e| bad(e.to_string()))?;
+        match (meta.query_weights.as_str(), &heads.query_idf) {
+            ("uniform", None) => {}
+            ("idf", Some(idf)) => {
+                if idf.log_idf.dims1()? != meta.vocab_size {
+                    return Err(bad(format!(
+                        "the idf table has {} entries for a vocabulary of {}",
+                        idf.log_idf.dims1()?,
+                        meta.vocab_size
+                    )));
+                }
+                if readout != Readout::MaxSim {
+                    return Err(bad(format!(
+                        "idf query weights need the max-sim readout, not {}",
+                        readout.name()
+                    )));
+                }
+            }
+            ("idf", None) => {
+                return Err(bad("query_weights is idf but there is no idf table".into()))
+            }
+            ("uniform", Some(_)) => {
+                return Err(bad("an idf table but query_weights is uniform".into()))
+            }
+            (other, _) => return Err(bad(format!("unknown query_weights {other:?}"))),
         }
         Ok(Adapters { meta, heads, sets })
     }

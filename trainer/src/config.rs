@@ -35,6 +35,9 @@ pub struct ModelSection {
     /// since `[CLS]` then pays no attention to the passage). See
     /// `Backbone::isolate_segments` and `PairEncoder::with_isolated_segments`.
     pub isolate_segments: bool,
+    /// How max-sim weighs the query tokens: `uniform`, or `idf` (idf from the training
+    /// passages, raised to an exponent each depth's head learns; `idf::QueryIdf`).
+    pub query_weights: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -90,6 +93,10 @@ pub struct Stage1Section {
     pub steps: usize,
     pub lr: f64,
     pub head_lr: f64,
+    /// Learning rate of the heads' idf exponents (`model.query_weights = "idf"`): the
+    /// best exponent of the untrained base ranges from about 0.5 (full depth) to 1.5
+    /// (d2), a distance `head_lr` would not cover in a run.
+    pub idf_power_lr: f64,
     pub warmup_steps: usize,
     pub weight_labels: f64,
     pub weight_teacher: f64,
@@ -134,6 +141,7 @@ impl Default for ModelSection {
             readout: "span-product".into(),
             merge_mode: "attention".into(),
             isolate_segments: false,
+            query_weights: "uniform".into(),
             max_length: 256,
             head_scale: 20.0,
         }
@@ -187,6 +195,7 @@ impl Default for Stage1Section {
             steps: 300,
             lr: 2e-4,
             head_lr: 1e-3,
+            idf_power_lr: 1e-2,
             warmup_steps: 20,
             full_depth_weight: 1.0,
             weight_labels: 1.0,
@@ -352,6 +361,18 @@ impl TrainConfig {
                  {:?}: an isolated passage is invisible from the query's scoring position",
                 self.model.readout
             ));
+        }
+        match self.model.query_weights.as_str() {
+            "uniform" => {}
+            "idf" if self.model.readout == "max-sim" => {}
+            "idf" => {
+                return bad(format!(
+                    "model.query_weights = \"idf\" weighs the query tokens of max-sim; it \
+                     needs model.readout = \"max-sim\", not {:?}",
+                    self.model.readout
+                ))
+            }
+            other => return bad(format!("model.query_weights {other:?}: use uniform or idf")),
         }
         if !["bi-encoder", "max-sim", "none"].contains(&self.data.teacher.as_str()) {
             return bad(format!(

@@ -8,6 +8,7 @@ use candle_core::{Device, Tensor};
 use models::{PaddedBatch, SubStructure};
 
 use crate::error::{Result, TrainerError};
+use crate::idf::QueryIdf;
 use crate::layers::{gather_rows, masked_mean, max_sim, normalize, span_mean};
 use crate::linear::Linear;
 use crate::merge::{apply_merge, plan_merge, MergeMode, RowLayout};
@@ -30,7 +31,15 @@ pub trait Backbone {
     ) -> Result<(Tensor, Option<Tensor>)>;
     /// The vector a head reads for each row, `[B, H]`: BERT's `[CLS]` state or token
     /// mean; decoders apply the final norm and take the scoring position.
-    fn readout(&self, hidden: &Tensor, layout: &RowLayout, readout: Readout) -> Result<Tensor>;
+    /// `query_weights`: per row, the weight of each query token in a max-sim readout
+    /// (`idf::QueryIdf`); `None` weighs them equally.
+    fn readout(
+        &self,
+        hidden: &Tensor,
+        layout: &RowLayout,
+        readout: Readout,
+        query_weights: Option<&[Tensor]>,
+    ) -> Result<Tensor>;
     /// Every LoRA-capable projection as (layer, name, linear); names are `q`, `k`, `v`,
     /// `o`, `up`, `down` and, for gated MLPs, `gate`.
     fn projections_mut(&mut self) -> Vec<(usize, &'static str, &mut Linear)>;
@@ -75,7 +84,14 @@ pub enum Readout {
 
 impl Readout {
     /// `[B, T, H]` hidden states (after any final norm) → `[B, H]` head input.
-    pub fn features(self, hidden: &Tensor, layout: &RowLayout) -> Result<Tensor> {
+    /// `query_weights` weigh the query tokens of max-sim (the config allows them only
+    /// there).
+    pub fn features(
+        self,
+        hidden: &Tensor,
+        layout: &RowLayout,
+        query_weights: Option<&[Tensor]>,
+    ) -> Result<Tensor> {
         match self {
             Readout::ScoringPosition => gather_rows(hidden, &layout.score_pos),
             Readout::Mean => masked_mean(hidden, &layout.lengths),
@@ -84,7 +100,7 @@ impl Readout {
                 let p = normalize(&span_mean(hidden, &layout.passage)?)?;
                 Ok((q * p)?)
             }
-            Readout::MaxSim => max_sim(hidden, &layout.query, &layout.passage),
+            Readout::MaxSim => max_sim(hidden, &layout.query, &layout.passage, query_weights),
         }
     }
 
@@ -145,6 +161,8 @@ impl ModelInput {
 pub struct Heads {
     pub by_depth: BTreeMap<usize, Linear>,
     pub readout: Readout,
+    /// IDF weights of the query tokens in max-sim, with each depth's exponent.
+    pub query_idf: Option<QueryIdf>,
 }
 
 impl Heads {
@@ -164,6 +182,7 @@ impl Heads {
         Ok(Heads {
             by_depth,
             readout: Readout::default(),
+            query_idf: None,
         })
     }
 
@@ -210,6 +229,10 @@ pub fn forward(
         out.hidden.push(hidden.clone());
         out.layouts.push(layout.clone());
     }
+    let query_log_idf = match &heads.query_idf {
+        Some(idf) => Some(idf.query_log_idf(&input.input_ids, &input.layout)?),
+        None => None,
+    };
     let mut attention: Option<Tensor> = None;
     for layer in 0..sub.depth {
         if compress(layer) {
@@ -227,7 +250,12 @@ pub fn forward(
         attention = attn;
         let depth = layer + 1;
         if let Some(head) = heads.by_depth.get(&depth) {
-            let features = model.readout(&hidden, &layout, heads.readout)?;
+            let query_weights = match (&heads.query_idf, &query_log_idf) {
+                (Some(idf), Some(rows)) => Some(idf.weights(rows, depth)?),
+                _ => None,
+            };
+            let features =
+                model.readout(&hidden, &layout, heads.readout, query_weights.as_deref())?;
             let score = head.forward(&features)?.squeeze(1)?;
             out.scores.insert(depth, model.transform_score(score)?);
         }

@@ -223,7 +223,7 @@ pub fn masked_mean(hidden: &Tensor, lengths: &[usize]) -> Result<Tensor> {
 
 /// A span cut to a padded length `t`, as `(start, len)`: both span readouts read only
 /// the tokens that exist, so a span running past the padding reads what is left of it.
-fn clamp_span(span: &models::Span, t: usize) -> (usize, usize) {
+pub fn clamp_span(span: &models::Span, t: usize) -> (usize, usize) {
     let end = span.end().min(t);
     let start = span.start.min(end);
     (start, end - start)
@@ -249,11 +249,13 @@ pub fn span_mean(hidden: &Tensor, spans: &[models::Span]) -> Result<Tensor> {
 /// each query term keeps its own match, which is what a shallow layer is good at
 /// (exact and near-exact terms) and what mean pooling averages away. The argmax picks
 /// the first of equal maxima, as ONNX `ArgMax` does; gradients flow through the chosen
-/// tokens only.
+/// tokens only. With `query_weights` (one `[query len]` vector per row, `idf::QueryIdf`)
+/// the mean over query tokens is weighted: Σ w·(q ⊙ p) / Σ w.
 pub fn max_sim(
     hidden: &Tensor,
     query: &[models::Span],
     passage: &[models::Span],
+    query_weights: Option<&[Tensor]>,
 ) -> Result<Tensor> {
     let (b, t, h) = hidden.dims3()?;
     let mut rows = Vec::with_capacity(b);
@@ -268,7 +270,20 @@ pub fn max_sim(
         let p = normalize(&states.narrow(0, ps, pl)?)?;
         let best = q.matmul(&p.t()?)?.argmax(1)?;
         let matched = p.index_select(&best, 0)?;
-        rows.push((q * matched)?.mean(0)?);
+        let products = (q * matched)?;
+        match query_weights.map(|w| &w[row]) {
+            None => rows.push(products.mean(0)?),
+            Some(w) => {
+                if w.dims1()? != ql {
+                    return Err(crate::error::TrainerError::Input(format!(
+                        "max-sim: row {row} has {ql} query tokens but {} query weights",
+                        w.dims1()?
+                    )));
+                }
+                let weighted = products.broadcast_mul(&w.unsqueeze(1)?)?.sum(0)?;
+                rows.push(weighted.broadcast_div(&w.sum_keepdim(0)?)?);
+            }
+        }
     }
     Ok(Tensor::stack(&rows, 0)?)
 }
@@ -297,7 +312,7 @@ mod tests {
         let query = [Span { start: 1, len: 2 }];
         let passage = [Span { start: 3, len: 2 }];
         let features = |passage: &[Span]| -> Vec<f32> {
-            let f = max_sim(&hidden, &query, passage).unwrap();
+            let f = max_sim(&hidden, &query, passage, None).unwrap();
             f.flatten_all().unwrap().to_vec1().unwrap()
         };
         let f = features(&passage);
@@ -309,5 +324,13 @@ mod tests {
         // A row without passage tokens reads zeros, as the exported graph does.
         let empty = [Span { start: 5, len: 0 }];
         assert_eq!(features(&empty), vec![0.0, 0.0]);
+        // Query weights 1 and 3: q2's product counts three times as much as q1's.
+        let weights = [Tensor::new(&[1f32, 3.0], &candle_core::Device::Cpu).unwrap()];
+        let weighted = max_sim(&hidden, &query, &passage, Some(&weights)).unwrap();
+        let w: Vec<f32> = weighted.flatten_all().unwrap().to_vec1().unwrap();
+        assert!((w[0] - 0.25).abs() < 1e-6, "{w:?}");
+        assert!((w[1] - 3.0 * r / 4.0).abs() < 1e-6, "{w:?}");
+        let wrong = [Tensor::new(&[1f32], &candle_core::Device::Cpu).unwrap()];
+        assert!(max_sim(&hidden, &query, &passage, Some(&wrong)).is_err());
     }
 }

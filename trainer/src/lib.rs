@@ -10,6 +10,7 @@ pub mod error;
 pub mod eval;
 pub mod families;
 pub mod forward;
+pub mod idf;
 pub mod layers;
 pub mod linear;
 pub mod merge;

@@ -25,6 +25,7 @@ use crate::config::TrainConfig;
 use crate::data::{read_candidates, Qrels, QueryCandidates};
 use crate::error::{Result, TrainerError};
 use crate::forward::{forward, Backbone, Heads, ModelInput, Readout};
+use crate::idf::QueryIdf;
 use crate::linear::{Linear, LoraBranch};
 use crate::optim::{AdamW, ParamGroup};
 
@@ -239,6 +240,37 @@ fn new_lora(
     Ok((a, b))
 }
 
+/// The idf table of every distinct training passage (labelled and unlabeled
+/// candidates, each docid once), with an exponent for every head's depth.
+fn training_passage_idf(
+    data: &TrainData,
+    encoder: &PairEncoder,
+    dims: &models::Dimensions,
+    heads: &Heads,
+    device: &Device,
+) -> Result<QueryIdf> {
+    let mut seen = std::collections::HashSet::new();
+    let mut documents = Vec::new();
+    let queries = data
+        .labeled
+        .iter()
+        .map(|l| &l.query)
+        .chain(data.unlabeled.iter());
+    for q in queries {
+        for c in &q.candidates {
+            if seen.insert(c.docid.as_str()) {
+                documents.push(encoder.tokens(&c.text)?);
+            }
+        }
+    }
+    QueryIdf::from_documents(
+        documents.iter().map(|d| d.as_slice()),
+        dims.vocab_size,
+        heads.by_depth.keys().copied(),
+        device,
+    )
+}
+
 /// Trainable LoRA of one set: (layer, projection) → (A, B).
 type LoraVars = BTreeMap<(usize, String), (Var, Var)>;
 
@@ -252,6 +284,8 @@ pub struct Trainer {
     /// Heads (trained in stage 1, frozen after).
     heads: Heads,
     head_vars: BTreeMap<usize, (Var, Var)>,
+    /// Each head's idf exponent (`model.query_weights = "idf"`), trained with the heads.
+    idf_power_vars: BTreeMap<usize, Var>,
     /// Finished LoRA sets.
     sets: BTreeMap<String, LoraSet>,
     /// LoRA vars of the current phase: set name → (layer, proj) → (A, B).
@@ -323,8 +357,19 @@ impl Trainer {
                 device,
             )?;
         }
+        meta.query_weights = cfg.model.query_weights.clone();
         let mut head_vars = BTreeMap::new();
+        let mut idf_power_vars = BTreeMap::new();
         let mut heads = untrained.heads.clone();
+        if cfg.model.query_weights == "idf" {
+            let mut idf = training_passage_idf(&data, &encoder, &dims, &heads, device)?;
+            for (&depth, power) in idf.power.iter_mut() {
+                let var = Var::from_tensor(power)?;
+                *power = var.as_tensor().clone();
+                idf_power_vars.insert(depth, var);
+            }
+            heads.query_idf = Some(idf);
+        }
         for (&depth, head) in heads.by_depth.iter_mut() {
             let w = Var::from_tensor(&head.weight)?;
             let b = Var::from_tensor(head.bias.as_ref().expect("untrained heads have a bias"))?;
@@ -349,6 +394,7 @@ impl Trainer {
             meta,
             heads,
             head_vars,
+            idf_power_vars,
             sets: BTreeMap::new(),
             lora_vars: BTreeMap::new(),
             opt: None,
@@ -430,6 +476,12 @@ impl Trainer {
                     .collect(),
                 lr: self.cfg.stage1.head_lr,
             });
+            if !self.idf_power_vars.is_empty() {
+                groups.push(ParamGroup {
+                    vars: self.idf_power_vars.values().cloned().collect(),
+                    lr: self.cfg.stage1.idf_power_lr,
+                });
+            }
         }
         self.opt = Some(AdamW::new(groups)?);
         Ok(())
@@ -724,6 +776,11 @@ impl Trainer {
                 Linear::new(w.as_tensor().copy()?, Some(b.as_tensor().copy()?)),
             );
         }
+        if let Some(idf) = &mut heads.query_idf {
+            for (d, p) in &self.idf_power_vars {
+                idf.power.insert(*d, p.as_tensor().copy()?);
+            }
+        }
         Ok(Adapters {
             meta: self.meta.clone(),
             heads,
@@ -782,6 +839,7 @@ impl Trainer {
             self.lora_vars.clear();
             if phase == Phase::Stage1 {
                 self.head_vars.clear();
+                self.idf_power_vars.clear();
             }
             self.opt = None;
             self.phase_index += 1;
@@ -862,8 +920,16 @@ impl Trainer {
                 b.set(h.bias.as_ref().expect("heads have a bias"))?;
             }
         }
+        if let Some(idf) = &restored.heads.query_idf {
+            for (d, p) in &idf.power {
+                if let Some(var) = self.idf_power_vars.get(d) {
+                    var.set(p)?;
+                }
+            }
+        }
         if !in_stage1 {
             self.head_vars.clear();
+            self.idf_power_vars.clear();
             self.heads = restored.heads.clone();
         }
         let mut sets = restored.sets;

@@ -148,6 +148,46 @@ fn inconsistent_model_settings_are_refused() {
     assert!(e.contains("stage1.full_depth_weight"), "{e}");
     let e = refused(&["model.readout=max-similarity"]);
     assert!(e.contains("max-sim"), "{e}");
+    let e = refused(&["model.query_weights=idf"]);
+    assert!(e.contains("needs model.readout = \"max-sim\""), "{e}");
+    let e = refused(&["model.readout=max-sim", "model.query_weights=bm25"]);
+    assert!(e.contains("use uniform or idf"), "{e}");
+}
+
+/// Idf-weighted max-sim: the exponents are trained with the heads (they leave their
+/// start), survive the adapters file, and a resumed run ends where an uninterrupted one
+/// does.
+#[test]
+fn idf_query_weights_train_save_and_resume() {
+    let extra = [
+        "model.readout=max-sim",
+        "model.isolate_segments=true",
+        "model.merge_mode=uniform",
+        "model.query_weights=idf",
+        "stage1.steps=6",
+        "stage2.vertical_steps=2",
+        "stage2.horizontal_steps=0",
+    ];
+    let run = |stop: Option<usize>, dir: &Path| train_resuming("tiny-bert", &extra, stop, dir);
+    let a = tempfile::tempdir().unwrap();
+    let trained = run(None, a.path());
+    assert_eq!(trained.meta.query_weights, "idf");
+    let idf = trained.heads.query_idf.as_ref().expect("idf weights");
+    assert_eq!(
+        idf.power.keys().collect::<Vec<_>>(),
+        trained.heads.by_depth.keys().collect::<Vec<_>>()
+    );
+    for (d, p) in &idf.power {
+        let p: Vec<f32> = p.to_vec1().unwrap();
+        assert!(
+            (p[0] - trainer::idf::INITIAL_POWER).abs() > 1e-4,
+            "depth {d}'s exponent did not train: {p:?}"
+        );
+    }
+    let loaded = Adapters::load(&a.path().join("out/adapters.safetensors"), &Device::Cpu).unwrap();
+    assert_same(&trained, &loaded, 0.0);
+    let b = tempfile::tempdir().unwrap();
+    assert_same(&trained, &run(Some(4), b.path()), 1e-6);
 }
 
 #[test]
@@ -243,6 +283,22 @@ fn assert_same(a: &Adapters, b: &Adapters, tol: f32) {
         let diff = max_abs_diff(&h.weight, &other.weight);
         assert!(diff <= tol, "head {d} differs by {diff}");
     }
+    match (&a.heads.query_idf, &b.heads.query_idf) {
+        (None, None) => {}
+        (Some(x), Some(y)) => {
+            assert_eq!(
+                max_abs_diff(&x.log_idf, &y.log_idf),
+                0.0,
+                "idf tables differ"
+            );
+            assert_eq!(x.power.len(), y.power.len());
+            for (d, p) in &x.power {
+                let diff = max_abs_diff(p, &y.power[d]);
+                assert!(diff <= tol, "idf exponent of depth {d} differs by {diff}");
+            }
+        }
+        _ => panic!("one file has idf query weights, the other not"),
+    }
     assert_eq!(
         a.sets.keys().collect::<Vec<_>>(),
         b.sets.keys().collect::<Vec<_>>()
@@ -278,6 +334,25 @@ fn checkpoint_round_trip_is_exact() {
     assert_eq!(trained.meta, loaded.meta);
 }
 
+/// Trains fixture `name` in `dir`; with `stop`, the run stops after that many steps and
+/// a fresh trainer (as a new process would) resumes it from the checkpoint.
+fn train_resuming(name: &str, extra: &[&str], stop: Option<usize>, dir: &Path) -> Adapters {
+    let cfg = tiny_config(dir, extra);
+    let (data, _) = load_data(&cfg).unwrap();
+    let out = dir.join("out");
+    let mut trainer = Trainer::new(cfg.clone(), &fixture(name), &out, data, &Device::Cpu).unwrap();
+    trainer.stop_after = stop;
+    match trainer.run(|_| {}).unwrap() {
+        Some(a) => a,
+        None => {
+            let (data, _) = load_data(&cfg).unwrap();
+            let mut resumed = Trainer::new(cfg, &fixture(name), &out, data, &Device::Cpu).unwrap();
+            resumed.resume().unwrap();
+            resumed.run(|_| {}).unwrap().unwrap()
+        }
+    }
+}
+
 #[test]
 fn resume_equals_an_uninterrupted_run() {
     let extra = [
@@ -286,31 +361,7 @@ fn resume_equals_an_uninterrupted_run() {
         "stage2.horizontal_steps=3",
         "space.full_width_probability=0.5",
     ];
-    let run = |stop: Option<usize>, dir: &Path| -> Adapters {
-        let cfg = tiny_config(dir, &extra);
-        let (data, _) = load_data(&cfg).unwrap();
-        let out = dir.join("out");
-        let mut trainer = Trainer::new(
-            cfg.clone(),
-            &fixture("tiny-llama"),
-            &out,
-            data,
-            &Device::Cpu,
-        )
-        .unwrap();
-        trainer.stop_after = stop;
-        match trainer.run(|_| {}).unwrap() {
-            Some(a) => a,
-            None => {
-                // A new process: fresh trainer, state from the checkpoint.
-                let (data, _) = load_data(&cfg).unwrap();
-                let mut resumed =
-                    Trainer::new(cfg, &fixture("tiny-llama"), &out, data, &Device::Cpu).unwrap();
-                resumed.resume().unwrap();
-                resumed.run(|_| {}).unwrap().unwrap()
-            }
-        }
-    };
+    let run = |stop: Option<usize>, dir: &Path| train_resuming("tiny-llama", &extra, stop, dir);
     let a = tempfile::tempdir().unwrap();
     let uninterrupted = run(None, a.path());
     // Interrupt inside stage 1, and inside stage 2's vertical phase.

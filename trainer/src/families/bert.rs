@@ -235,8 +235,14 @@ impl Backbone for Bert {
         super::layer_projections(&mut self.layers)
     }
 
-    fn readout(&self, hidden: &Tensor, layout: &RowLayout, readout: Readout) -> Result<Tensor> {
-        readout.features(hidden, layout)
+    fn readout(
+        &self,
+        hidden: &Tensor,
+        layout: &RowLayout,
+        readout: Readout,
+        query_weights: Option<&[Tensor]>,
+    ) -> Result<Tensor> {
+        readout.features(hidden, layout, query_weights)
     }
 
     fn isolate_segments(&mut self, on: bool) -> Result<()> {

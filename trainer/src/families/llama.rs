@@ -220,9 +220,15 @@ impl Backbone for Llama {
         super::layer_projections(&mut self.layers)
     }
 
-    fn readout(&self, hidden: &Tensor, layout: &RowLayout, readout: Readout) -> Result<Tensor> {
+    fn readout(
+        &self,
+        hidden: &Tensor,
+        layout: &RowLayout,
+        readout: Readout,
+        query_weights: Option<&[Tensor]>,
+    ) -> Result<Tensor> {
         let normed = rms_norm(hidden, &self.final_norm, self.config.rms_norm_eps)?;
-        readout.features(&normed, layout)
+        readout.features(&normed, layout, query_weights)
     }
 }
 
