@@ -98,7 +98,7 @@ fn random_query_idf(adapters: &mut Adapters, vocab_size: usize) {
         .map(|&d| (d, Tensor::rand(0.5f32, 2.0, 1, &device).unwrap()))
         .collect();
     adapters.heads.query_idf = Some(QueryIdf { log_idf, power });
-    adapters.meta.query_weights = "idf".into();
+    adapters.meta.query_weights = trainer::config::QueryWeights::Idf;
 }
 
 fn check_family_with(

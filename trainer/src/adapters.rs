@@ -17,6 +17,7 @@ use candle_core::{DType, Device, Tensor};
 use models::{Dimensions, SubStructure};
 use serde::{Deserialize, Serialize};
 
+use crate::config::QueryWeights;
 use crate::error::{Result, TrainerError};
 use crate::forward::{Backbone, Heads, Readout};
 use crate::idf::QueryIdf;
@@ -45,18 +46,14 @@ pub struct AdapterMeta {
     /// absent in files written before the option existed.
     #[serde(default)]
     pub isolate_segments: bool,
-    /// How max-sim weighs the query tokens: `uniform`, or `idf` (the file then holds the
-    /// idf table and each head's exponent, `idf::QueryIdf`). Absent in older files.
-    #[serde(default = "uniform_query_weights")]
-    pub query_weights: String,
+    /// How max-sim weighs the query tokens; with `idf` the file holds the idf table and
+    /// each head's exponent (`idf::QueryIdf`). Absent in older files.
+    #[serde(default)]
+    pub query_weights: QueryWeights,
     pub rank: usize,
     pub alpha: f64,
     /// Depth buckets of the vertical adapters, inclusive ranges.
     pub depth_buckets: Vec<(usize, usize)>,
-}
-
-fn uniform_query_weights() -> String {
-    "uniform".into()
 }
 
 #[derive(Debug, Clone)]
@@ -110,7 +107,7 @@ impl Adapters {
                 readout: readout.name().into(),
                 merge_mode: merge_mode_name(MergeMode::Attention).into(),
                 isolate_segments: false,
-                query_weights: uniform_query_weights(),
+                query_weights: QueryWeights::Uniform,
                 rank: 0,
                 alpha: 0.0,
                 depth_buckets: Vec::new(),
@@ -299,9 +296,9 @@ impl Adapters {
         }
         heads.query_idf = QueryIdf::from_tensors(&tensors, heads.by_depth.keys().copied())
             .map_err(|e| bad(e.to_string()))?;
-        match (meta.query_weights.as_str(), &heads.query_idf) {
-            ("uniform", None) => {}
-            ("idf", Some(idf)) => {
+        match (meta.query_weights, &heads.query_idf) {
+            (QueryWeights::Uniform, None) => {}
+            (QueryWeights::Idf, Some(idf)) => {
                 if idf.log_idf.dims1()? != meta.vocab_size {
                     return Err(bad(format!(
                         "the idf table has {} entries for a vocabulary of {}",
@@ -316,13 +313,12 @@ impl Adapters {
                     )));
                 }
             }
-            ("idf", None) => {
+            (QueryWeights::Idf, None) => {
                 return Err(bad("query_weights is idf but there is no idf table".into()))
             }
-            ("uniform", Some(_)) => {
+            (QueryWeights::Uniform, Some(_)) => {
                 return Err(bad("an idf table but query_weights is uniform".into()))
             }
-            (other, _) => return Err(bad(format!("unknown query_weights {other:?}"))),
         }
         Ok(Adapters { meta, heads, sets })
     }

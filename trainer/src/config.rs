@@ -35,9 +35,42 @@ pub struct ModelSection {
     /// since `[CLS]` then pays no attention to the passage). See
     /// `Backbone::isolate_segments` and `PairEncoder::with_isolated_segments`.
     pub isolate_segments: bool,
-    /// How max-sim weighs the query tokens: `uniform`, or `idf` (idf from the training
-    /// passages, raised to an exponent each depth's head learns; `idf::QueryIdf`).
-    pub query_weights: String,
+    /// How max-sim weighs the query tokens: `uniform` or `idf` (see `QueryWeights`).
+    pub query_weights: QueryWeights,
+}
+
+/// Where the teacher scores of the distillation term come from; the base model scores
+/// them itself, before any adapter.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum Teacher {
+    /// The base's own mean-pooled cosine (the bi-encoder it was trained as).
+    BiEncoder,
+    /// The base's own late interaction over its last layer.
+    MaxSim,
+    None,
+}
+
+impl Teacher {
+    pub fn name(self) -> &'static str {
+        match self {
+            Teacher::BiEncoder => "bi-encoder",
+            Teacher::MaxSim => "max-sim",
+            Teacher::None => "none",
+        }
+    }
+}
+
+/// How the max-sim readout weighs the query tokens.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum QueryWeights {
+    /// Every query token counts the same.
+    #[default]
+    Uniform,
+    /// Token t weighs idf(t)^α_d: idf from the training passages, an exponent per head
+    /// (`idf::QueryIdf`).
+    Idf,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -57,9 +90,8 @@ pub struct DataSection {
     pub group_size: usize,
     /// Share of steps drawn from the unlabeled files.
     pub unlabeled_fraction: f64,
-    /// Teacher scores: `bi-encoder` (the base model's own pooled cosine), `max-sim` (the
-    /// base's own late interaction over its last layer) or `none`.
-    pub teacher: String,
+    /// Teacher scores: `bi-encoder`, `max-sim` or `none` (see `Teacher`).
+    pub teacher: Teacher,
     /// Temperature applied to teacher scores (both teachers score cosines, in [-1, 1]).
     pub teacher_temperature: f64,
 }
@@ -141,7 +173,7 @@ impl Default for ModelSection {
             readout: "span-product".into(),
             merge_mode: "attention".into(),
             isolate_segments: false,
-            query_weights: "uniform".into(),
+            query_weights: QueryWeights::Uniform,
             max_length: 256,
             head_scale: 20.0,
         }
@@ -159,7 +191,7 @@ impl Default for DataSection {
             positive_grade: 2,
             group_size: 16,
             unlabeled_fraction: 0.5,
-            teacher: "bi-encoder".into(),
+            teacher: Teacher::BiEncoder,
             teacher_temperature: 0.05,
         }
     }
@@ -362,22 +394,11 @@ impl TrainConfig {
                 self.model.readout
             ));
         }
-        match self.model.query_weights.as_str() {
-            "uniform" => {}
-            "idf" if self.model.readout == "max-sim" => {}
-            "idf" => {
-                return bad(format!(
-                    "model.query_weights = \"idf\" weighs the query tokens of max-sim; it \
-                     needs model.readout = \"max-sim\", not {:?}",
-                    self.model.readout
-                ))
-            }
-            other => return bad(format!("model.query_weights {other:?}: use uniform or idf")),
-        }
-        if !["bi-encoder", "max-sim", "none"].contains(&self.data.teacher.as_str()) {
+        if self.model.query_weights == QueryWeights::Idf && self.model.readout != "max-sim" {
             return bad(format!(
-                "data.teacher {:?}: use bi-encoder, max-sim or none",
-                self.data.teacher
+                "model.query_weights = \"idf\" weighs the query tokens of max-sim; it needs \
+                 model.readout = \"max-sim\", not {:?}",
+                self.model.readout
             ));
         }
         Ok(())

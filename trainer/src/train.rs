@@ -21,7 +21,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use crate::adapters::{save_tensors, AdapterMeta, Adapters, LoraSet, FORMAT};
-use crate::config::TrainConfig;
+use crate::config::{QueryWeights, Teacher, TrainConfig};
 use crate::data::{read_candidates, Qrels, QueryCandidates};
 use crate::error::{Result, TrainerError};
 use crate::forward::{forward, Backbone, Heads, ModelInput, Readout};
@@ -346,22 +346,20 @@ impl Trainer {
         meta.alpha = cfg.lora.alpha;
         meta.depth_buckets = cfg.stage2.depth_buckets.clone();
         meta.format = FORMAT.into();
-        if cfg.data.teacher != "none" {
-            data.teacher = teacher_scores(
-                &cfg.data.teacher,
-                backbone.as_ref(),
-                &encoder,
-                &data,
-                cfg.model.max_length,
-                out_dir,
-                device,
-            )?;
-        }
-        meta.query_weights = cfg.model.query_weights.clone();
+        data.teacher = teacher_scores(
+            cfg.data.teacher,
+            backbone.as_ref(),
+            &encoder,
+            &data,
+            cfg.model.max_length,
+            out_dir,
+            device,
+        )?;
+        meta.query_weights = cfg.model.query_weights;
         let mut head_vars = BTreeMap::new();
         let mut idf_power_vars = BTreeMap::new();
         let mut heads = untrained.heads.clone();
-        if cfg.model.query_weights == "idf" {
+        if cfg.model.query_weights == QueryWeights::Idf {
             let mut idf = training_passage_idf(&data, &encoder, &dims, &heads, device)?;
             for (&depth, power) in idf.power.iter_mut() {
                 let var = Var::from_tensor(power)?;
@@ -979,7 +977,7 @@ impl Trainer {
 /// is. Cached in `out_dir/teacher.safetensors`, whose header names the teacher and the
 /// max length; the cache is recomputed when either differs or a query is missing.
 fn teacher_scores(
-    kind: &str,
+    kind: Teacher,
     model: &dyn Backbone,
     encoder: &PairEncoder,
     data: &TrainData,
@@ -987,6 +985,11 @@ fn teacher_scores(
     out_dir: &Path,
     device: &Device,
 ) -> Result<HashMap<String, Vec<f32>>> {
+    let score = match kind {
+        Teacher::None => return Ok(HashMap::new()),
+        Teacher::MaxSim => crate::biencoder::max_sim_scores,
+        Teacher::BiEncoder => crate::biencoder::cosine_scores,
+    };
     let cache = out_dir.join("teacher.safetensors");
     let queries: Vec<&QueryCandidates> = data
         .labeled
@@ -995,7 +998,7 @@ fn teacher_scores(
         .chain(data.unlabeled.iter())
         .collect();
     let header = HashMap::from([
-        ("teacher".to_string(), kind.to_string()),
+        ("teacher".to_string(), kind.name().to_string()),
         ("max_length".to_string(), max_length.to_string()),
     ]);
     if let Some(tensors) = read_teacher_cache(&cache, &header, device) {
@@ -1016,14 +1019,11 @@ fn teacher_scores(
     let mut out = HashMap::new();
     for (i, q) in queries.iter().enumerate() {
         let texts: Vec<&str> = q.candidates.iter().map(|c| c.text.as_str()).collect();
-        let scores = if kind == "max-sim" {
-            crate::biencoder::max_sim_scores(model, encoder, &q.query, &texts, max_length, device)?
-        } else {
-            crate::biencoder::cosine_scores(model, encoder, &q.query, &texts, max_length, device)?
-        };
+        let scores = score(model, encoder, &q.query, &texts, max_length, device)?;
         out.insert(q.qid.clone(), scores);
         eprint!(
-            "\rteacher ({kind}): query {}/{} · {:.0}s   ",
+            "\rteacher ({}): query {}/{} · {:.0}s   ",
+            kind.name(),
             i + 1,
             queries.len(),
             started.elapsed().as_secs_f64()

@@ -151,7 +151,15 @@ fn inconsistent_model_settings_are_refused() {
     let e = refused(&["model.query_weights=idf"]);
     assert!(e.contains("needs model.readout = \"max-sim\""), "{e}");
     let e = refused(&["model.readout=max-sim", "model.query_weights=bm25"]);
-    assert!(e.contains("use uniform or idf"), "{e}");
+    assert!(
+        e.contains("bm25") && e.contains("uniform") && e.contains("idf"),
+        "{e}"
+    );
+    let e = refused(&["data.teacher=cross-encoder"]);
+    assert!(
+        e.contains("cross-encoder") && e.contains("bi-encoder"),
+        "{e}"
+    );
 }
 
 /// Idf-weighted max-sim: the exponents are trained with the heads (they leave their
@@ -171,7 +179,10 @@ fn idf_query_weights_train_save_and_resume() {
     let run = |stop: Option<usize>, dir: &Path| train_resuming("tiny-bert", &extra, stop, dir);
     let a = tempfile::tempdir().unwrap();
     let trained = run(None, a.path());
-    assert_eq!(trained.meta.query_weights, "idf");
+    assert_eq!(
+        trained.meta.query_weights,
+        trainer::config::QueryWeights::Idf
+    );
     let idf = trained.heads.query_idf.as_ref().expect("idf weights");
     assert_eq!(
         idf.power.keys().collect::<Vec<_>>(),
