@@ -31,9 +31,14 @@ pub struct EvalArgs {
     /// order) or `bi-encoder` (cosine of the base model's mean-pooled embeddings).
     #[arg(long)]
     pub baseline: Option<String>,
-    /// Merge mode at inference (`attention` or `uniform`); default: the adapters' own.
+    /// Merge mode at inference (`attention`, `uniform` or `idf`); default: the adapters'
+    /// own. `idf` needs adapters trained with `model.query_weights = "idf"`.
     #[arg(long)]
     pub merge_mode: Option<String>,
+    /// β of idf merging at inference (a passage token weighs idf^β in its group);
+    /// default: the adapters' own.
+    #[arg(long)]
+    pub merge_idf_power: Option<f32>,
     /// Evaluate without stage 2's vertical and horizontal adapters (the
     /// "without compensation" ablation).
     #[arg(long)]
@@ -100,9 +105,27 @@ pub fn run(args: EvalArgs) -> Result<()> {
     )
     .with_context(|| format!("cannot load model {name}"))?;
     if let Some(mode) = &args.merge_mode {
-        trainer::adapters::parse_merge_mode(mode)
-            .with_context(|| format!("--merge-mode {mode}: use attention or uniform"))?;
+        let parsed = trainer::adapters::parse_merge_mode(mode)
+            .with_context(|| format!("--merge-mode {mode}: use attention, uniform or idf"))?;
+        if parsed == trainer::MergeMode::Idf && reranker.adapters.heads.query_idf.is_none() {
+            anyhow::bail!(
+                "--merge-mode idf: {name} has no idf table (it was trained with \
+                 model.query_weights = \"uniform\")"
+            );
+        }
         reranker.adapters.meta.merge_mode = mode.clone();
+    }
+    if let Some(beta) = args.merge_idf_power {
+        if !(beta.is_finite() && beta >= 0.0) {
+            anyhow::bail!("--merge-idf-power {beta}: must be a number ≥ 0");
+        }
+        let idf = reranker
+            .adapters
+            .heads
+            .query_idf
+            .as_mut()
+            .with_context(|| format!("--merge-idf-power: {name} has no idf table to merge by"))?;
+        idf.merge_power = beta;
     }
     if let Some(kind) = &args.readout {
         let readout = trainer::Readout::parse(kind)

@@ -326,7 +326,7 @@ pub fn merge(
     layout: &Layout,
     weights: Option<&str>,
     ratio: usize,
-) -> (String, Layout) {
+) -> Merged {
     let r = g.scalar_i64(ratio as i64);
     let plen = g.sub(&layout.passage_end, &layout.passage_start); // [B]
     let rm1 = g.scalar_i64(ratio as i64 - 1);
@@ -385,9 +385,9 @@ pub fn merge(
     let mean = g.div(&hit, &safe_count);
     let matrix = g.where_(&has_weight, &weighted, &mean);
     let merged = g.matmul(&matrix, hidden);
-    (
-        merged,
-        Layout {
+    Merged {
+        hidden: merged,
+        layout: Layout {
             lengths: new_len,
             passage_start: layout.passage_start.clone(),
             passage_end: new_end,
@@ -396,7 +396,34 @@ pub fn merge(
             seq_len: new_t,
             scoring: layout.scoring,
         },
-    )
+        matrix,
+    }
+}
+
+/// What `merge` produces: the merged states, their layout and the `[B, T', T]` matrix.
+pub struct Merged {
+    pub hidden: String,
+    pub layout: Layout,
+    pub matrix: String,
+}
+
+impl Merged {
+    /// Per-token weights `[B, T]` carried through the merge, `[B, T']` (trainer:
+    /// `MergePlan::carry`): each new position gets the merge-weighted mean of its
+    /// tokens' weights.
+    pub fn carry(&self, g: &mut GraphBuilder, weights: &str) -> String {
+        let w = g.unsqueeze(weights, &[2]); // [B, T, 1]
+        let carried = g.matmul(&self.matrix, &w);
+        g.squeeze(&carried, &[2])
+    }
+}
+
+/// idf(t)^β of every position, `[B, T]` (trainer: `QueryIdf::merge_weights`): the
+/// weights of idf merging. `log_idf` `[V]`, `beta` `[1]`.
+pub fn idf_token_weights(g: &mut GraphBuilder, ids: &str, log_idf: &str, beta: &str) -> String {
+    let l = g.gather(log_idf, ids, 0);
+    let scaled = g.mul(&l, beta);
+    g.unary("Exp", &scaled)
 }
 
 /// A projection `y = x Wᵀ (+ b) (+ x Aᵀ (s Bᵀ))`, weights already laid out `[in, out]`.

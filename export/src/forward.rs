@@ -6,8 +6,8 @@ use models::SubStructure;
 use trainer::{MergeMode, Readout};
 
 use crate::blocks::{
-    idf_span_weights, layout_from_inputs, max_sim, merge, read_features, span_vector, span_weights,
-    Layout, ScoringPosition,
+    idf_span_weights, idf_token_weights, layout_from_inputs, max_sim, merge, read_features,
+    span_vector, span_weights, Layout, ScoringPosition,
 };
 use crate::error::{ExportError, Result};
 use crate::families::{GraphFamily, Inputs};
@@ -72,16 +72,27 @@ pub fn build(
     let mut hidden = family.embed(g, w, &inputs)?;
     let mut prepared = family.prepare(g, &layout)?;
     let compress = |layer: usize| sub.ratio > 1 && sub.compress_layers.contains(&layer);
+    let mut idf_weights = match mode {
+        MergeMode::Idf if sub.ratio > 1 => {
+            let (log_idf, beta) = w.merge_idf(g)?;
+            Some(idf_token_weights(g, &inputs.input_ids, &log_idf, &beta))
+        }
+        _ => None,
+    };
     let mut attention: Option<String> = None;
     for layer in 0..sub.depth {
         if compress(layer) {
             let weights = match mode {
                 MergeMode::Attention => attention.as_deref(),
                 MergeMode::Uniform => None,
+                MergeMode::Idf => idf_weights.as_deref(),
             };
-            let (merged, next) = merge(g, &hidden, &layout, weights, sub.ratio);
-            hidden = merged;
-            layout = next;
+            let merged = merge(g, &hidden, &layout, weights, sub.ratio);
+            if let Some(weights) = &idf_weights {
+                idf_weights = Some(merged.carry(g, weights));
+            }
+            hidden = merged.hidden;
+            layout = merged.layout;
             prepared = family.prepare(g, &layout)?;
         }
         let want = mode == MergeMode::Attention && compress(layer + 1);
@@ -127,8 +138,16 @@ pub fn build_split(
     w: &ModelWeights,
     sub: &SubStructure,
     readout: Readout,
+    mode: MergeMode,
 ) -> Result<()> {
     use DimSpec::Named;
+    if mode == MergeMode::Attention && sub.ratio > 1 {
+        return Err(ExportError::Input(
+            "adapters trained with isolated segments cannot merge by attention (no scoring \
+             position attends to the passage); they merge uniformly or by idf"
+                .into(),
+        ));
+    }
     let matrix = |g: &mut GraphBuilder, name: &str, rows: &'static str, cols: &'static str| {
         g.input(name, data_type::INT64, &[Named(rows), Named(cols)])
     };
@@ -179,17 +198,27 @@ pub fn build_split(
         g,
         w,
         &Inputs {
-            input_ids: passage_ids,
+            input_ids: passage_ids.clone(),
             token_type_ids: None,
         },
     )?;
     let q_prepared = family.prepare(g, &q_layout)?;
     let mut p_prepared = family.prepare(g, &p_layout)?;
+    let mut p_idf_weights = match mode {
+        MergeMode::Idf if sub.ratio > 1 => {
+            let (log_idf, beta) = w.merge_idf(g)?;
+            Some(idf_token_weights(g, &passage_ids, &log_idf, &beta))
+        }
+        _ => None,
+    };
     for layer in 0..sub.depth {
         if sub.ratio > 1 && sub.compress_layers.contains(&layer) {
-            let (merged, next) = merge(g, &p_hidden, &p_layout, None, sub.ratio);
-            p_hidden = merged;
-            p_layout = next;
+            let merged = merge(g, &p_hidden, &p_layout, p_idf_weights.as_deref(), sub.ratio);
+            if let Some(weights) = &p_idf_weights {
+                p_idf_weights = Some(merged.carry(g, weights));
+            }
+            p_hidden = merged.hidden;
+            p_layout = merged.layout;
             p_prepared = family.prepare(g, &p_layout)?;
         }
         q_hidden = family

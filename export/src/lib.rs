@@ -129,7 +129,7 @@ pub fn export_with(
         let w = ModelWeights::new(checkpoint, adapters, sub, &id, req.merge_adapters);
         let mut g = GraphBuilder::new(Some(&mut store));
         if isolated {
-            forward::build_split(&mut g, family.as_ref(), &w, sub, readout)?;
+            forward::build_split(&mut g, family.as_ref(), &w, sub, readout, mode)?;
         } else {
             forward::build(&mut g, family.as_ref(), &w, sub, readout, mode)?;
         }

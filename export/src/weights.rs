@@ -241,6 +241,19 @@ impl<'a> ModelWeights<'a> {
         Ok(Some(QueryIdfWeights { log_idf, power }))
     }
 
+    /// The weights of idf merging (`MergeMode::Idf`): `(idf.log [V], β [1])`.
+    pub fn merge_idf(&self, g: &mut GraphBuilder) -> Result<(String, String)> {
+        let idf = self.adapters.heads.query_idf.as_ref().ok_or_else(|| {
+            crate::error::ExportError::Input(
+                "the adapters merge by idf but have no idf table".into(),
+            )
+        })?;
+        let table: Vec<f32> = idf.log_idf.to_vec1()?;
+        let log_idf = g.weight("idf.log", &[table.len()], &table);
+        let beta = g.inline_weight("idf.merge_power", &[1], &[idf.merge_power]);
+        Ok((log_idf, beta))
+    }
+
     /// The head of `depth`: `(weight_t [H, 1], bias [1])`, inline in the graph.
     pub fn head(&self, g: &mut GraphBuilder, depth: usize) -> Result<(String, Option<String>)> {
         let head = self.adapters.heads.by_depth.get(&depth).ok_or_else(|| {

@@ -87,7 +87,7 @@ fn check_family(
 }
 
 /// Random idf weights for max-sim's query tokens: a table in [0, 2) (ln idf) and an
-/// exponent in [0.5, 2) per head.
+/// exponent in [0.5, 2) per head; merging by idf (when the merge mode says so) uses β 1.5.
 fn random_query_idf(adapters: &mut Adapters, vocab_size: usize) {
     let device = Device::Cpu;
     let log_idf = Tensor::rand(0f32, 2.0, vocab_size, &device).unwrap();
@@ -97,7 +97,11 @@ fn random_query_idf(adapters: &mut Adapters, vocab_size: usize) {
         .keys()
         .map(|&d| (d, Tensor::rand(0.5f32, 2.0, 1, &device).unwrap()))
         .collect();
-    adapters.heads.query_idf = Some(QueryIdf { log_idf, power });
+    adapters.heads.query_idf = Some(QueryIdf {
+        log_idf,
+        power,
+        merge_power: 1.5,
+    });
     adapters.meta.query_weights = trainer::config::QueryWeights::Idf;
 }
 
@@ -255,9 +259,9 @@ fn onnx_parity_bert() {
     // Late interaction, joint and split (each passage row meets its query's tokens).
     let d = check_family("tiny-bert", Readout::MaxSim, "attention", false);
     let e = check_family("tiny-bert", Readout::MaxSim, "uniform", true);
-    // Idf-weighted query tokens, joint and split.
-    let f = check_family_with("tiny-bert", Readout::MaxSim, "attention", false, true);
-    let g = check_family_with("tiny-bert", Readout::MaxSim, "uniform", true, true);
+    // Idf-weighted query tokens and idf merging, joint and split.
+    let f = check_family_with("tiny-bert", Readout::MaxSim, "idf", false, true);
+    let g = check_family_with("tiny-bert", Readout::MaxSim, "idf", true, true);
     onnx_checker(&[
         a.path(),
         b.path(),
@@ -273,7 +277,7 @@ fn onnx_parity_bert() {
 fn onnx_parity_llama() {
     let d = check_family("tiny-llama", Readout::ScoringPosition, "attention", false);
     let e = check_family("tiny-llama", Readout::MaxSim, "uniform", false);
-    let f = check_family_with("tiny-llama", Readout::MaxSim, "uniform", false, true);
+    let f = check_family_with("tiny-llama", Readout::MaxSim, "idf", false, true);
     onnx_checker(&[d.path(), e.path(), f.path()]);
 }
 

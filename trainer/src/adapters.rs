@@ -67,6 +67,7 @@ pub fn merge_mode_name(mode: MergeMode) -> &'static str {
     match mode {
         MergeMode::Attention => "attention",
         MergeMode::Uniform => "uniform",
+        MergeMode::Idf => "idf",
     }
 }
 
@@ -74,6 +75,7 @@ pub fn parse_merge_mode(name: &str) -> Option<MergeMode> {
     match name {
         "attention" => Some(MergeMode::Attention),
         "uniform" => Some(MergeMode::Uniform),
+        "idf" => Some(MergeMode::Idf),
         _ => None,
     }
 }
@@ -270,7 +272,10 @@ impl Adapters {
                         .by_depth
                         .insert(depth, Linear::new(tensor.to_dtype(DType::F32)?, bias));
                 }
-                ["head", _, "bias"] | ["head", _, "idf_power"] | ["idf", "log"] => {}
+                ["head", _, "bias"]
+                | ["head", _, "idf_power"]
+                | ["idf", "log"]
+                | ["idf", "merge_power"] => {}
                 ["lora", set, layer, proj, which] => {
                     let layer: usize = layer.parse().map_err(|_| bad(format!("tensor {name}")))?;
                     let entry = pending
@@ -297,7 +302,11 @@ impl Adapters {
         heads.query_idf = QueryIdf::from_tensors(&tensors, heads.by_depth.keys().copied())
             .map_err(|e| bad(e.to_string()))?;
         match (meta.query_weights, &heads.query_idf) {
-            (QueryWeights::Uniform, None) => {}
+            (QueryWeights::Uniform, None) => {
+                if meta.merge_mode == "idf" {
+                    return Err(bad("idf merging but no idf table".into()));
+                }
+            }
             (QueryWeights::Idf, Some(idf)) => {
                 if idf.log_idf.dims1()? != meta.vocab_size {
                     return Err(bad(format!(

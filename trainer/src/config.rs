@@ -37,6 +37,8 @@ pub struct ModelSection {
     pub isolate_segments: bool,
     /// How max-sim weighs the query tokens: `uniform` or `idf` (see `QueryWeights`).
     pub query_weights: QueryWeights,
+    /// β of `merge_mode = "idf"`: a passage token weighs idf(t)^β in its merge group.
+    pub merge_idf_power: f32,
 }
 
 /// Where the teacher scores of the distillation term come from; the base model scores
@@ -174,6 +176,7 @@ impl Default for ModelSection {
             merge_mode: "attention".into(),
             isolate_segments: false,
             query_weights: QueryWeights::Uniform,
+            merge_idf_power: 1.0,
             max_length: 256,
             head_scale: 20.0,
         }
@@ -374,16 +377,29 @@ impl TrainConfig {
         }
         if crate::adapters::parse_merge_mode(&self.model.merge_mode).is_none() {
             return bad(format!(
-                "model.merge_mode {:?}: use attention or uniform",
+                "model.merge_mode {:?}: use attention, uniform or idf",
                 self.model.merge_mode
             ));
         }
-        if self.model.isolate_segments && self.model.merge_mode != "uniform" {
+        if self.model.isolate_segments && self.model.merge_mode == "attention" {
             return bad(
-                "model.isolate_segments needs model.merge_mode = \"uniform\": with isolated \
-                 segments the scoring position pays no attention to the passage"
+                "model.isolate_segments needs model.merge_mode = \"uniform\" or \"idf\": \
+                 with isolated segments the scoring position pays no attention to the passage"
                     .into(),
             );
+        }
+        if self.model.merge_mode == "idf" && self.model.query_weights != QueryWeights::Idf {
+            return bad(
+                "model.merge_mode = \"idf\" uses the idf table of model.query_weights = \
+                 \"idf\"; set both"
+                    .into(),
+            );
+        }
+        if !(self.model.merge_idf_power.is_finite() && self.model.merge_idf_power >= 0.0) {
+            return bad(format!(
+                "model.merge_idf_power {}: must be a number ≥ 0 (0 merges uniformly)",
+                self.model.merge_idf_power
+            ));
         }
         if self.model.isolate_segments
             && !crate::forward::Readout::parse(&self.model.readout).is_some_and(|r| r.reads_spans())

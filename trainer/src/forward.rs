@@ -233,14 +233,28 @@ pub fn forward(
         Some(idf) => Some(idf.query_log_idf(&input.input_ids, &input.layout)?),
         None => None,
     };
+    // Idf merging: every position's weight, carried through each merge.
+    let mut idf_weights = match mode {
+        MergeMode::Idf if sub.ratio > 1 => {
+            let idf = heads.query_idf.as_ref().ok_or_else(|| {
+                TrainerError::Input("idf merging needs the adapters' idf table".into())
+            })?;
+            Some(idf.merge_weights(&input.input_ids)?)
+        }
+        _ => None,
+    };
     let mut attention: Option<Tensor> = None;
     for layer in 0..sub.depth {
         if compress(layer) {
-            let weights: Vec<f32> = match (&attention, mode) {
-                (Some(a), MergeMode::Attention) => a.flatten_all()?.to_vec1()?,
+            let weights: Vec<f32> = match (&attention, mode, &idf_weights) {
+                (Some(a), MergeMode::Attention, _) => a.flatten_all()?.to_vec1()?,
+                (_, MergeMode::Idf, Some(w)) => w.clone(),
                 _ => Vec::new(),
             };
             let plan = plan_merge(&layout, &weights, sub.ratio, mode);
+            if let Some(w) = &mut idf_weights {
+                *w = plan.carry(w);
+            }
             hidden = apply_merge(&plan, &hidden, model.device())?;
             layout = plan.layout;
         }

@@ -28,6 +28,9 @@ pub struct QueryIdf {
     pub log_idf: Tensor,
     /// Depth → α_d, `[1]`.
     pub power: BTreeMap<usize, Tensor>,
+    /// β of idf merging (`MergeMode::Idf`): a passage token weighs idf(t)^β in its
+    /// group. Fixed, not trained (the merge plan is built on the host).
+    pub merge_power: f32,
 }
 
 impl QueryIdf {
@@ -37,6 +40,7 @@ impl QueryIdf {
         documents: impl IntoIterator<Item = &'a [u32]>,
         vocab_size: usize,
         depths: impl IntoIterator<Item = usize>,
+        merge_power: f32,
         device: &Device,
     ) -> Result<Self> {
         let mut df = vec![0u64; vocab_size];
@@ -72,7 +76,15 @@ impl QueryIdf {
         Ok(QueryIdf {
             log_idf: Tensor::from_vec(log_idf, vocab_size, device)?,
             power,
+            merge_power,
         })
+    }
+
+    /// idf(t)^β of every input position, `[B, T]` row-major: the weights of idf merging.
+    pub fn merge_weights(&self, input_ids: &Tensor) -> Result<Vec<f32>> {
+        let ids = input_ids.flatten_all()?;
+        let log_idf = self.log_idf.index_select(&ids, 0)?;
+        Ok((log_idf * self.merge_power as f64)?.exp()?.to_vec1()?)
     }
 
     /// Per row, ln idf of each query token, `[query len]`, read at the input positions
@@ -101,7 +113,13 @@ impl QueryIdf {
 
     /// Tensors under their adapters-file names.
     pub fn tensors(&self) -> Vec<(String, Tensor)> {
-        let mut out = vec![("idf.log".to_string(), self.log_idf.clone())];
+        let mut out = vec![
+            ("idf.log".to_string(), self.log_idf.clone()),
+            (
+                "idf.merge_power".to_string(),
+                Tensor::new(&[self.merge_power], self.log_idf.device()).expect("a scalar tensor"),
+            ),
+        ];
         for (d, p) in &self.power {
             out.push((format!("head.{d}.idf_power"), p.clone()));
         }
@@ -126,9 +144,15 @@ impl QueryIdf {
             })?;
             power.insert(d, p.to_dtype(DType::F32)?);
         }
+        // Files written before idf merging existed have no β; they never merge by idf.
+        let merge_power = match tensors.get("idf.merge_power") {
+            Some(t) => t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?[0],
+            None => 1.0,
+        };
         Ok(Some(QueryIdf {
             log_idf: log_idf.to_dtype(DType::F32)?,
             power,
+            merge_power,
         }))
     }
 }
@@ -142,9 +166,14 @@ mod tests {
     #[test]
     fn rare_tokens_weigh_more_and_the_exponent_sharpens_them() {
         let docs: Vec<Vec<u32>> = vec![vec![1, 2, 2], vec![1], vec![1, 1]];
-        let idf =
-            QueryIdf::from_documents(docs.iter().map(|d| d.as_slice()), 4, [2, 3], &Device::Cpu)
-                .unwrap();
+        let idf = QueryIdf::from_documents(
+            docs.iter().map(|d| d.as_slice()),
+            4,
+            [2, 3],
+            2.0,
+            &Device::Cpu,
+        )
+        .unwrap();
         let table: Vec<f32> = idf.log_idf.to_vec1().unwrap();
         let expected = |df: f64| (((3.0 + 1.0) / (df + 1.0)).ln() + 1.0).ln() as f32;
         for (id, df) in [(1, 3.0), (2, 1.0), (3, 0.0)] {
@@ -170,5 +199,8 @@ mod tests {
         let s: Vec<f32> = sharper.weights(&rows, 2).unwrap()[0].to_vec1().unwrap();
         assert!(s[2] / s[0] > w[2] / w[0]);
         assert!(idf.weights(&rows, 4).is_err());
+        // Merge weights: idf^β at every position, β = 2.
+        let m = idf.merge_weights(&ids).unwrap();
+        assert!((m[2] - (2.0 * table[2]).exp()).abs() < 1e-5, "{m:?}");
     }
 }

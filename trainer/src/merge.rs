@@ -4,7 +4,7 @@
 //! groups of `ratio` (the last group may be shorter) and each group is replaced by the
 //! weighted mean of its hidden states. A token's weight is the attention the row's
 //! scoring position paid to it in the layer just run, summed over heads; `Uniform` mode
-//! uses equal weights. Tokens before and after the passage are kept; rows stay
+//! uses equal weights, `Idf` mode each token's idf raised to a fixed power. Tokens before and after the passage are kept; rows stay
 //! left-aligned and right-padded, so positions stay contiguous from 0.
 //!
 //! The merge is a linear map per row, so it is applied as one batched matmul with a
@@ -23,6 +23,11 @@ pub enum MergeMode {
     Attention,
     /// Plain mean (checkpoints trained that way, e.g. the released Gemma2 lightweight).
     Uniform,
+    /// idf(t)^β of each token (`idf::QueryIdf::merge_weights`). With isolated segments
+    /// no scoring position attends to the passage, so attention gives no weights; a
+    /// group's rare word is what max-sim can still match after the merge, and a plain
+    /// mean dilutes it with its stop-word neighbours.
+    Idf,
 }
 
 /// Per-row layout of a batch as it flows through the layers.
@@ -41,6 +46,29 @@ pub struct RowLayout {
 pub struct MergePlan {
     pub matrix: Vec<f32>,
     pub layout: RowLayout,
+}
+
+impl MergePlan {
+    /// Per-token weights `[B, T]` (row-major) carried through the merge, `[B, T']`: each
+    /// new position gets the merge-weighted mean of its tokens' weights, so a later merge
+    /// of the same rows weighs merged positions consistently.
+    pub fn carry(&self, weights: &[f32]) -> Vec<f32> {
+        let batch = self.layout.lengths.len();
+        let new_t = self.layout.seq_len;
+        let t = weights.len() / batch.max(1);
+        let mut out = vec![0f32; batch * new_t];
+        for b in 0..batch {
+            for o in 0..new_t {
+                let row = &self.matrix[(b * new_t + o) * t..(b * new_t + o + 1) * t];
+                out[b * new_t + o] = row
+                    .iter()
+                    .zip(&weights[b * t..(b + 1) * t])
+                    .map(|(m, w)| m * w)
+                    .sum();
+            }
+        }
+        out
+    }
 }
 
 /// Plans the merge. `weights` is `[B, T]` row-major (ignored in `Uniform` mode).
@@ -68,7 +96,7 @@ pub fn plan_merge(layout: &RowLayout, weights: &[f32], ratio: usize, mode: Merge
             let group_end = (group_start + ratio).min(span.end());
             let raw: Vec<f32> = (group_start..group_end)
                 .map(|i| match mode {
-                    MergeMode::Attention => weights[b * t + i],
+                    MergeMode::Attention | MergeMode::Idf => weights[b * t + i],
                     MergeMode::Uniform => 1.0,
                 })
                 .collect();
@@ -126,6 +154,26 @@ mod tests {
             passage: vec![Span { start: 2, len: 7 }, Span { start: 2, len: 4 }],
             score_pos: vec![9, 7],
         }
+    }
+
+    /// Row 1's passage (positions 2..6) merges by 2 with weights 1, 3 | 1, 1: the first
+    /// group's carried weight is (1·1 + 3·3) / 4 = 2.5, the second's 1; tokens outside the
+    /// passage keep theirs and padding gets 0.
+    #[test]
+    fn weights_carry_through_a_merge_as_their_merge_weighted_mean() {
+        let l = layout();
+        let mut weights = vec![1f32; 20];
+        weights[10 + 3] = 3.0;
+        weights[10 + 6] = 7.0; // row 1's [SEP] after the passage
+        weights[10 + 8] = 5.0; // padding
+        let plan = plan_merge(&l, &weights, 2, MergeMode::Idf);
+        let carried = plan.carry(&weights);
+        let t = plan.layout.seq_len;
+        let row1 = &carried[t..2 * t];
+        assert!((row1[2] - 2.5).abs() < 1e-6, "{row1:?}");
+        assert!((row1[3] - 1.0).abs() < 1e-6, "{row1:?}");
+        assert_eq!(row1[4], 7.0, "{row1:?}");
+        assert!(row1[plan.layout.lengths[1]..].iter().all(|&w| w == 0.0));
     }
 
     #[test]

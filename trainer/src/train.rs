@@ -247,6 +247,7 @@ fn training_passage_idf(
     encoder: &PairEncoder,
     dims: &models::Dimensions,
     heads: &Heads,
+    merge_power: f32,
     device: &Device,
 ) -> Result<QueryIdf> {
     let mut seen = std::collections::HashSet::new();
@@ -267,6 +268,7 @@ fn training_passage_idf(
         documents.iter().map(|d| d.as_slice()),
         dims.vocab_size,
         heads.by_depth.keys().copied(),
+        merge_power,
         device,
     )
 }
@@ -360,7 +362,14 @@ impl Trainer {
         let mut idf_power_vars = BTreeMap::new();
         let mut heads = untrained.heads.clone();
         if cfg.model.query_weights == QueryWeights::Idf {
-            let mut idf = training_passage_idf(&data, &encoder, &dims, &heads, device)?;
+            let mut idf = training_passage_idf(
+                &data,
+                &encoder,
+                &dims,
+                &heads,
+                cfg.model.merge_idf_power,
+                device,
+            )?;
             for (&depth, power) in idf.power.iter_mut() {
                 let var = Var::from_tensor(power)?;
                 *power = var.as_tensor().clone();

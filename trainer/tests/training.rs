@@ -155,6 +155,8 @@ fn inconsistent_model_settings_are_refused() {
         e.contains("bm25") && e.contains("uniform") && e.contains("idf"),
         "{e}"
     );
+    let e = refused(&["model.readout=max-sim", "model.merge_mode=idf"]);
+    assert!(e.contains("set both"), "{e}");
     let e = refused(&["data.teacher=cross-encoder"]);
     assert!(
         e.contains("cross-encoder") && e.contains("bi-encoder"),
@@ -162,9 +164,9 @@ fn inconsistent_model_settings_are_refused() {
     );
 }
 
-/// Idf-weighted max-sim: the exponents are trained with the heads (they leave their
-/// start), survive the adapters file, and a resumed run ends where an uninterrupted one
-/// does.
+/// Idf-weighted max-sim with idf merging: the exponents are trained with the heads (they
+/// leave their start), the table and β survive the adapters file, and a resumed run ends
+/// where an uninterrupted one does.
 #[test]
 fn idf_query_weights_train_save_and_resume() {
     let extra = [
@@ -172,9 +174,12 @@ fn idf_query_weights_train_save_and_resume() {
         "model.isolate_segments=true",
         "model.merge_mode=uniform",
         "model.query_weights=idf",
+        "model.merge_mode=idf",
+        "model.merge_idf_power=2.0",
+        "space.full_width_probability=0.5",
         "stage1.steps=6",
         "stage2.vertical_steps=2",
-        "stage2.horizontal_steps=0",
+        "stage2.horizontal_steps=2",
     ];
     let run = |stop: Option<usize>, dir: &Path| train_resuming("tiny-bert", &extra, stop, dir);
     let a = tempfile::tempdir().unwrap();
@@ -183,6 +188,7 @@ fn idf_query_weights_train_save_and_resume() {
         trained.meta.query_weights,
         trainer::config::QueryWeights::Idf
     );
+    assert_eq!(trained.meta.merge_mode, "idf");
     let idf = trained.heads.query_idf.as_ref().expect("idf weights");
     assert_eq!(
         idf.power.keys().collect::<Vec<_>>(),
@@ -302,6 +308,7 @@ fn assert_same(a: &Adapters, b: &Adapters, tol: f32) {
                 0.0,
                 "idf tables differ"
             );
+            assert_eq!(x.merge_power, y.merge_power);
             assert_eq!(x.power.len(), y.power.len());
             for (d, p) in &x.power {
                 let diff = max_abs_diff(p, &y.power[d]);
