@@ -58,6 +58,7 @@ pub fn ensure() -> Result<PathBuf> {
             .join(",")
     };
     let configs = crate::eval::select_configs(&spec, dims.num_layers, min_depth)?;
+    remove_graphs(&out)?;
     let manifest = export_with(
         &checkpoint,
         &loaded,
@@ -101,6 +102,24 @@ pub fn ensure() -> Result<PathBuf> {
     std::fs::write(&stamp_path, stamp)
         .with_context(|| format!("{}: cannot write", stamp_path.display()))?;
     Ok(out)
+}
+
+/// Removes the graphs of an earlier export: this directory is the cache's own, and
+/// configurations that left the frontier would otherwise stay on disk for good.
+fn remove_graphs(dir: &std::path::Path) -> Result<()> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Ok(()); // first export: nothing there yet
+    };
+    for entry in entries {
+        let path = entry
+            .with_context(|| format!("{}: cannot list", dir.display()))?
+            .path();
+        if path.extension().is_some_and(|e| e == "onnx") {
+            std::fs::remove_file(&path)
+                .with_context(|| format!("{}: cannot remove", path.display()))?;
+        }
+    }
+    Ok(())
 }
 
 /// The committed DL19 nDCG@10 of the embedded default (`adapters/minilm-l6/eval.json`,

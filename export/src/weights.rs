@@ -234,8 +234,7 @@ impl<'a> ModelWeights<'a> {
                 "the adapters' idf weighting has no exponent for depth {depth}"
             ))
         })?;
-        let table: Vec<f32> = idf.log_idf.to_vec1()?;
-        let log_idf = g.weight("idf.log", &[table.len()], &table);
+        let log_idf = idf_table(g, idf)?;
         let power: Vec<f32> = power.flatten_all()?.to_vec1()?;
         let power = g.inline_weight(&format!("head.{depth}.idf_power"), &[1], &power);
         Ok(Some(QueryIdfWeights { log_idf, power }))
@@ -248,8 +247,7 @@ impl<'a> ModelWeights<'a> {
                 "the adapters merge by idf but have no idf table".into(),
             )
         })?;
-        let table: Vec<f32> = idf.log_idf.to_vec1()?;
-        let log_idf = g.weight("idf.log", &[table.len()], &table);
+        let log_idf = idf_table(g, idf)?;
         let beta = g.inline_weight("idf.merge_power", &[1], &[idf.merge_power]);
         Ok((log_idf, beta))
     }
@@ -273,4 +271,11 @@ impl<'a> ModelWeights<'a> {
         };
         Ok((weight_t, bias))
     }
+}
+
+/// The idf table (`idf.log`, [V]) as one graph weight, shared by query weighting and idf
+/// merging: the builder's cache writes it once however many blocks ask.
+fn idf_table(g: &mut GraphBuilder, idf: &trainer::idf::QueryIdf) -> Result<String> {
+    let table: Vec<f32> = idf.log_idf.to_vec1()?;
+    Ok(g.weight("idf.log", &[table.len()], &table))
 }

@@ -198,7 +198,7 @@ impl Adapters {
     }
 
     /// Every tensor under its file name (`head.*`, `lora.*`).
-    pub fn tensors(&self) -> Vec<(String, Tensor)> {
+    pub fn tensors(&self) -> Result<Vec<(String, Tensor)>> {
         let mut tensors: Vec<(String, Tensor)> = Vec::new();
         for (depth, head) in &self.heads.by_depth {
             tensors.push((format!("head.{depth}.weight"), head.weight.clone()));
@@ -207,7 +207,7 @@ impl Adapters {
             }
         }
         if let Some(idf) = &self.heads.query_idf {
-            tensors.extend(idf.tensors());
+            tensors.extend(idf.tensors()?);
         }
         for (set, loras) in &self.sets {
             for ((layer, proj), (a, b)) in loras {
@@ -215,11 +215,11 @@ impl Adapters {
                 tensors.push((format!("lora.{set}.{layer}.{proj}.b"), b.clone()));
             }
         }
-        tensors
+        Ok(tensors)
     }
 
     pub fn save(&self, path: &Path) -> Result<()> {
-        let tensors = self.tensors();
+        let tensors = self.tensors()?;
         let mut metadata = HashMap::new();
         metadata.insert(
             "mrank".to_string(),

@@ -113,18 +113,18 @@ impl QueryIdf {
     }
 
     /// Tensors under their adapters-file names.
-    pub fn tensors(&self) -> Vec<(String, Tensor)> {
+    pub fn tensors(&self) -> Result<Vec<(String, Tensor)>> {
         let mut out = vec![
             ("idf.log".to_string(), self.log_idf.clone()),
             (
                 "idf.merge_power".to_string(),
-                Tensor::new(&[self.merge_power], self.log_idf.device()).expect("a scalar tensor"),
+                Tensor::new(&[self.merge_power], self.log_idf.device())?,
             ),
         ];
         for (d, p) in &self.power {
             out.push((format!("head.{d}.idf_power"), p.clone()));
         }
-        out
+        Ok(out)
     }
 
     /// Reads the table and exponents back from an adapters file's tensors; `None` when the

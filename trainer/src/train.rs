@@ -865,7 +865,7 @@ impl Trainer {
     /// Writes everything needed to continue: finished sets, heads, current vars and
     /// optimizer moments, phase and step.
     pub fn save_checkpoint(&self) -> Result<()> {
-        let mut tensors = self.adapters_snapshot()?.tensors();
+        let mut tensors = self.adapters_snapshot()?.tensors()?;
         let mut opt_step = 0;
         if let Some(opt) = &self.opt {
             opt_step = opt.step;
@@ -932,6 +932,12 @@ impl Trainer {
                 if let Some(var) = self.idf_power_vars.get(d) {
                     var.set(p)?;
                 }
+            }
+            // The run goes on with the table it started with, even if the training data
+            // changed on disk since.
+            if let Some(current) = &mut self.heads.query_idf {
+                current.log_idf = idf.log_idf.clone();
+                current.merge_power = idf.merge_power;
             }
         }
         if !in_stage1 {
