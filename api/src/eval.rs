@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use candle_core::Device;
-use models::{SubStructure, SubStructureSpace};
+use models::{Configuration, Precision, SubStructure, SubStructureSpace};
 use trainer::data::{read_candidates, Qrels};
 use trainer::eval::{evaluate, evaluate_baseline, Baseline};
 use trainer::reranker::Reranker;
@@ -65,24 +65,46 @@ pub struct EvalArgs {
     pub threads: usize,
 }
 
+/// The configurations a `--configs` value names: `all` (every sub-structure of the
+/// default space), `depths`, or a comma-separated list of ids, int8 ones included
+/// (`full-int8`).
 pub fn select_configs(
     spec: &str,
     num_layers: usize,
     min_depth: usize,
-) -> Result<Vec<SubStructure>> {
+) -> Result<Vec<Configuration>> {
     let mut space = SubStructureSpace::default_for(num_layers);
     space.min_depth = min_depth;
     Ok(match spec {
-        "all" => space.enumerate(),
+        "all" => space
+            .enumerate()
+            .into_iter()
+            .map(Configuration::f32)
+            .collect(),
         "depths" => (min_depth..=num_layers)
-            .map(SubStructure::depth_only)
+            .map(|d| Configuration::f32(SubStructure::depth_only(d)))
             .collect(),
         _ => spec
             .split(',')
-            .map(|id| SubStructure::parse(id.trim(), num_layers, min_depth))
+            .map(|id| Configuration::parse(id.trim(), num_layers, min_depth))
             .collect::<models::Result<Vec<_>>>()
             .context("--configs")?,
     })
+}
+
+/// The sub-structures of f32 configurations, for the candle forward (which has no int8).
+pub fn candle_configs(configs: &[Configuration], num_layers: usize) -> Result<Vec<SubStructure>> {
+    configs
+        .iter()
+        .map(|c| match c.precision {
+            Precision::F32 => Ok(c.sub.clone()),
+            Precision::Int8 => anyhow::bail!(
+                "{}: int8 configurations exist only as ONNX graphs; evaluate them with \
+                 --engine onnx (needs the ONNX Runtime library: make setup)",
+                c.id(num_layers)
+            ),
+        })
+        .collect()
 }
 
 pub fn run(args: EvalArgs) -> Result<()> {
@@ -158,20 +180,22 @@ pub fn run(args: EvalArgs) -> Result<()> {
     }
     let results = match args.baseline.as_deref() {
         None => {
-            let subs = select_configs(&args.configs, reranker.num_layers(), reranker.min_depth())?;
+            let configs =
+                select_configs(&args.configs, reranker.num_layers(), reranker.min_depth())?;
+            let layers = reranker.num_layers();
             match args.engine.as_str() {
                 "candle" => evaluate(
                     &mut reranker,
                     &queries,
                     &qrels,
-                    &subs,
+                    &candle_configs(&configs, layers)?,
                     args.batch_tokens,
                     !args.json,
                 )?,
                 "onnx" => evaluate_onnx(
                     &base,
                     &reranker.adapters,
-                    subs,
+                    configs,
                     &queries,
                     &qrels,
                     args.model.max_length,
@@ -230,7 +254,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
 pub fn evaluate_onnx(
     base: &std::path::Path,
     adapters: &trainer::adapters::Adapters,
-    subs: Vec<SubStructure>,
+    configs: Vec<Configuration>,
     queries: &[trainer::data::QueryCandidates],
     qrels: &Qrels,
     max_length: usize,
@@ -241,7 +265,7 @@ pub fn evaluate_onnx(
     let checkpoint = models::Checkpoint::open(base)?;
     let layers = checkpoint.config.dimensions().num_layers;
     let dir = tempfile::tempdir().context("cannot create a temporary export directory")?;
-    let ids: Vec<String> = subs.iter().map(|s| s.id(layers)).collect();
+    let ids: Vec<String> = configs.iter().map(|c| c.id(layers)).collect();
     if progress {
         eprintln!("exporting {} configurations for ONNX Runtime", ids.len());
     }
@@ -251,7 +275,7 @@ pub fn evaluate_onnx(
         &export::ExportRequest {
             model_dir: base,
             adapters: None,
-            configs: subs,
+            configs,
             out: dir.path(),
             merge_adapters: false,
             max_length,

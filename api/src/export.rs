@@ -16,9 +16,13 @@ pub struct ExportArgs {
     #[command(flatten)]
     pub model: ModelArgs,
     /// `all`, `frontier` (export all, keep the quality/cost frontier), `depths`, or a
-    /// comma-separated list of ids.
+    /// comma-separated list of ids (`full-int8` names an int8 graph).
     #[arg(long, default_value = "all")]
     pub configs: String,
+    /// Also export an int8 twin of every selected f32 configuration (projections as
+    /// 8-bit integer products; `models::precision`).
+    #[arg(long)]
+    pub int8: bool,
     /// Output directory (graphs, weights.bin, tokenizer, manifest.json).
     #[arg(long)]
     pub out: PathBuf,
@@ -50,7 +54,10 @@ pub fn run(args: ExportArgs) -> Result<()> {
     } else {
         args.configs.as_str()
     };
-    let configs = crate::eval::select_configs(spec, dims.num_layers, min_depth)?;
+    let mut configs = crate::eval::select_configs(spec, dims.num_layers, min_depth)?;
+    if args.int8 {
+        with_int8_twins(&mut configs);
+    }
     eprintln!(
         "export: {name} → {} ({} configurations)",
         args.out.display(),
@@ -81,6 +88,17 @@ pub fn run(args: ExportArgs) -> Result<()> {
         args.out.join(models::manifest::MANIFEST_FILE).display()
     );
     Ok(())
+}
+
+/// Adds the int8 twin of every f32 configuration that lacks one.
+pub fn with_int8_twins(configs: &mut Vec<models::Configuration>) {
+    let twins: Vec<_> = configs
+        .iter()
+        .filter(|c| c.precision == models::Precision::F32)
+        .map(|c| models::Configuration::int8(c.sub.clone()))
+        .filter(|t| !configs.contains(t))
+        .collect();
+    configs.extend(twins);
 }
 
 /// Adds latency and dev quality to a fresh export and marks the frontier.

@@ -143,7 +143,7 @@ fn write_eval(
     let queries = read_candidates(Path::new(&cfg.data.dev))?;
     let qrels = Qrels::read(Path::new(&cfg.data.dev_qrels))?;
     let mut reranker = Reranker::load(base, Some(adapters), cfg.model.max_length, device)?;
-    let subs = crate::eval::select_configs(
+    let configs = crate::eval::select_configs(
         &cfg.run.eval_configs,
         reranker.num_layers(),
         reranker.min_depth(),
@@ -154,7 +154,7 @@ fn write_eval(
         crate::eval::evaluate_onnx(
             base,
             &reranker.adapters,
-            subs,
+            configs,
             &queries,
             &qrels,
             cfg.model.max_length,
@@ -164,6 +164,7 @@ fn write_eval(
         )?
     } else {
         eprintln!("ONNX Runtime not set up (make setup): evaluating with the candle forward");
+        let subs = crate::eval::candle_configs(&configs, reranker.num_layers())?;
         evaluate(&mut reranker, &queries, &qrels, &subs, 8192, true)?
     };
     let json = serde_json::json!({"model": out.display().to_string(), "data": cfg.data.dev, "configs": results});

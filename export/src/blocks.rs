@@ -428,10 +428,33 @@ pub fn idf_token_weights(g: &mut GraphBuilder, ids: &str, log_idf: &str, beta: &
 
 /// A projection `y = x Wᵀ (+ b) (+ x Aᵀ (s Bᵀ))`, weights already laid out `[in, out]`.
 pub struct Projection {
-    pub weight_t: String,
+    pub weight: ProjectionWeight,
     pub bias: Option<String>,
     /// `Aᵀ [in, R]` and `s·Bᵀ [R, out]` of every active LoRA branch, concatenated.
     pub lora: Option<(String, String)>,
+}
+
+/// The base weight of a projection, `[in, out]`.
+pub enum ProjectionWeight {
+    F32(String),
+    /// Symmetric int8 per output column: `W ≈ q · scale[out]` (`quantize_columns`).
+    Int8 {
+        weight: String,
+        scale: String,
+    },
+}
+
+impl ProjectionWeight {
+    /// `x W`: a plain MatMul, or ONNX Runtime's DynamicQuantizeMatMul, which quantizes
+    /// `x` per call (uint8, its own range) and runs the integer GEMM.
+    pub fn matmul(&self, g: &mut GraphBuilder, x: &str) -> String {
+        match self {
+            ProjectionWeight::F32(w) => g.matmul(x, w),
+            ProjectionWeight::Int8 { weight, scale } => {
+                g.contrib_op("DynamicQuantizeMatMul", &[x, weight, scale], vec![])
+            }
+        }
+    }
 }
 
 impl Projection {
@@ -446,14 +469,36 @@ impl Projection {
     /// `x Wᵀ` plus the LoRA branches, leaving the bias to a fused consumer
     /// (SkipLayerNormalization, BiasGelu).
     pub fn apply_without_bias(&self, g: &mut GraphBuilder, x: &str) -> String {
-        let mut y = g.matmul(x, &self.weight_t);
+        let mut y = self.weight.matmul(g, x);
         if let Some((a, b)) = &self.lora {
+            // Low-rank branches stay f32: a rank-R product costs little next to W.
             let low = g.matmul(x, a);
             let delta = g.matmul(&low, b);
             y = g.add(&y, &delta);
         }
         y
     }
+}
+
+/// Symmetric int8 quantization of a `[rows, cols]` row-major matrix per column:
+/// `scale[c] = max|w[., c]| / 127`, `q = round(w / scale)` in `-127..=127` (the
+/// symmetric range keeps `-q` representable; an all-zero column gets scale 1).
+pub fn quantize_columns(values: &[f32], rows: usize, cols: usize) -> (Vec<i8>, Vec<f32>) {
+    let mut scale = vec![0f32; cols];
+    for r in 0..rows {
+        for (c, s) in scale.iter_mut().enumerate() {
+            *s = s.max(values[r * cols + c].abs());
+        }
+    }
+    for s in scale.iter_mut() {
+        *s = if *s > 0.0 { *s / 127.0 } else { 1.0 };
+    }
+    let q = values
+        .iter()
+        .enumerate()
+        .map(|(i, v)| (v / scale[i % cols]).round().clamp(-127.0, 127.0) as i8)
+        .collect();
+    (q, scale)
 }
 
 /// `[B, T, H*D]` → `[B, heads, T, D]` (or `[B, heads, D, T]` when `transpose_last`).

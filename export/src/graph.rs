@@ -3,6 +3,8 @@
 
 use std::collections::BTreeMap;
 
+use models::manifest::ElementType;
+
 use crate::onnx::{
     data_type, AttributeProto, DimSpec, GraphProto, ModelProto, NodeProto, OperatorSetIdProto,
     StringStringEntryProto, TensorProto, ValueInfoProto,
@@ -21,6 +23,7 @@ pub struct StoredWeight {
     pub shape: Vec<usize>,
     pub offset: usize,
     pub length: usize,
+    pub dtype: ElementType,
 }
 
 /// The external-data file shared by every graph of an export: each weight is written
@@ -42,6 +45,19 @@ impl WeightStore {
 
     /// Adds `values` under `name` unless already stored; returns its location.
     pub fn add(&mut self, name: &str, shape: &[usize], values: &[f32]) -> StoredWeight {
+        let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        self.add_bytes(name, shape, &bytes, ElementType::F32)
+    }
+
+    /// Adds the raw little-endian `bytes` of a `dtype` tensor under `name` unless
+    /// already stored.
+    pub fn add_bytes(
+        &mut self,
+        name: &str,
+        shape: &[usize],
+        bytes: &[u8],
+        dtype: ElementType,
+    ) -> StoredWeight {
         if let Some(w) = self.index.get(name) {
             return w.clone();
         }
@@ -50,13 +66,13 @@ impl WeightStore {
             self.bytes.push(0);
         }
         let offset = self.bytes.len();
-        self.bytes
-            .extend(values.iter().flat_map(|v| v.to_le_bytes()));
+        self.bytes.extend_from_slice(bytes);
         let stored = StoredWeight {
             name: name.into(),
             shape: shape.to_vec(),
             offset,
-            length: values.len() * 4,
+            length: bytes.len(),
+            dtype,
         };
         self.index.insert(name.into(), stored.clone());
         stored
@@ -130,6 +146,32 @@ impl<'s> GraphBuilder<'s> {
         name.into()
     }
 
+    /// An int8 weight (quantized projections), shared like `weight`.
+    pub fn weight_i8(&mut self, name: &str, shape: &[usize], values: &[i8]) -> String {
+        if let Some(v) = self.cache.get(name) {
+            return v.clone();
+        }
+        let tensor = match self.store.as_deref_mut() {
+            Some(store) => {
+                let bytes: Vec<u8> = values.iter().map(|&v| v as u8).collect();
+                let w = store.add_bytes(name, shape, &bytes, ElementType::I8);
+                self.shared.push(name.into());
+                TensorProto::external(
+                    name,
+                    data_type::INT8,
+                    shape,
+                    &store.file_name,
+                    w.offset,
+                    w.length,
+                )
+            }
+            None => TensorProto::i8(name, shape, values),
+        };
+        self.initializers.push(tensor);
+        self.cache.insert(name.into(), name.into());
+        name.into()
+    }
+
     /// A weight kept in this graph's own file, whatever the store (names are unique: a
     /// second request for a name returns the first initializer).
     pub fn inline_weight(&mut self, name: &str, shape: &[usize], values: &[f32]) -> String {
@@ -138,6 +180,16 @@ impl<'s> GraphBuilder<'s> {
         }
         self.initializers
             .push(TensorProto::f32(name, shape, values));
+        self.cache.insert(name.into(), name.into());
+        name.into()
+    }
+
+    /// An int8 weight kept in this graph's own file (`inline_weight`'s int8 twin).
+    pub fn inline_weight_i8(&mut self, name: &str, shape: &[usize], values: &[i8]) -> String {
+        if let Some(v) = self.cache.get(name) {
+            return v.clone();
+        }
+        self.initializers.push(TensorProto::i8(name, shape, values));
         self.cache.insert(name.into(), name.into());
         name.into()
     }
@@ -195,16 +247,21 @@ impl<'s> GraphBuilder<'s> {
         });
     }
 
-    /// A contrib operator with `n` outputs (operators whose schema requires outputs
-    /// the graph does not use).
-    pub fn contrib_op_outputs(
+    /// A standard operator with `n` outputs (e.g. DynamicQuantizeLinear's value, scale
+    /// and zero point).
+    pub fn op_outputs(
         &mut self,
         op_type: &str,
         inputs: &[&str],
         attrs: Vec<AttributeProto>,
         n: usize,
     ) -> Vec<String> {
-        let first = self.contrib_op(op_type, inputs, attrs);
+        let first = self.op(op_type, inputs, attrs);
+        self.extra_outputs(first, n)
+    }
+
+    /// Names `n - 1` more outputs of the node just added.
+    fn extra_outputs(&mut self, first: String, n: usize) -> Vec<String> {
         let mut outs = vec![first];
         for k in 1..n {
             let extra = format!("{}_out{k}", outs[0]);
@@ -216,6 +273,19 @@ impl<'s> GraphBuilder<'s> {
             outs.push(extra);
         }
         outs
+    }
+
+    /// A contrib operator with `n` outputs (operators whose schema requires outputs
+    /// the graph does not use).
+    pub fn contrib_op_outputs(
+        &mut self,
+        op_type: &str,
+        inputs: &[&str],
+        attrs: Vec<AttributeProto>,
+        n: usize,
+    ) -> Vec<String> {
+        let first = self.contrib_op(op_type, inputs, attrs);
+        self.extra_outputs(first, n)
     }
 
     /// An ONNX Runtime contrib operator (`com.microsoft` domain); an empty input name

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use models::manifest::{
     ConfigEntry, Manifest, ReferenceLengths, SharedTensor, SharedWeights, MANIFEST_FORMAT,
 };
-use models::{pair_flops, Checkpoint, ModelConfig, SubStructure};
+use models::{pair_flops, Checkpoint, Configuration, ModelConfig, SubStructure};
 use trainer::adapters::Adapters;
 
 pub use error::{ExportError, Result};
@@ -30,14 +30,15 @@ pub const SHARED_WEIGHTS_FILE: &str = "weights.bin";
 
 /// Bumped whenever graphs change for the same inputs, so cached exports (the embedded
 /// default's) are rebuilt.
-pub const EXPORTER_REVISION: u32 = 4;
+pub const EXPORTER_REVISION: u32 = 5;
 
 /// What to export.
 pub struct ExportRequest<'a> {
     pub model_dir: &'a Path,
     /// Adapters from `mrank train`; `None` exports the untrained span-product heads.
     pub adapters: Option<&'a Path>,
-    pub configs: Vec<SubStructure>,
+    /// Sub-structures at a precision (`full`, `d4-r2@2`, `full-int8`, ...).
+    pub configs: Vec<Configuration>,
     pub out: &'a Path,
     /// Fold each configuration's adapters into its own weights (no shared base).
     pub merge_adapters: bool,
@@ -112,10 +113,13 @@ pub fn export_with(
     }
     let mode = adapters.merge_mode();
     let min_depth = adapters.heads.min_depth().unwrap_or(1);
-    for sub in &req.configs {
-        sub.validate(dims.num_layers, min_depth).map_err(|m| {
-            ExportError::Input(format!("configuration {}: {m}", sub.id(dims.num_layers)))
-        })?;
+    for config in &req.configs {
+        config
+            .sub
+            .validate(dims.num_layers, min_depth)
+            .map_err(|m| {
+                ExportError::Input(format!("configuration {}: {m}", config.id(dims.num_layers)))
+            })?;
     }
     std::fs::create_dir_all(req.out).map_err(io_err(req.out))?;
     let encoder =
@@ -124,9 +128,10 @@ pub fn export_with(
     let full_flops = pair_flops(&dims, lengths, &SubStructure::full(dims.num_layers));
     let mut store = WeightStore::new(SHARED_WEIGHTS_FILE);
     let mut entries = Vec::new();
-    for sub in &req.configs {
-        let id = sub.id(dims.num_layers);
-        let w = ModelWeights::new(checkpoint, adapters, sub, &id, req.merge_adapters);
+    for config in &req.configs {
+        let sub = &config.sub;
+        let id = config.id(dims.num_layers);
+        let w = ModelWeights::new(checkpoint, adapters, config, &id, req.merge_adapters);
         let mut g = GraphBuilder::new(Some(&mut store));
         if isolated {
             forward::build_split(&mut g, family.as_ref(), &w, sub, readout, mode)?;
@@ -151,6 +156,7 @@ pub fn export_with(
             depth: sub.depth,
             ratio: sub.ratio,
             compress_layers: sub.compress_layers.clone(),
+            precision: config.precision,
             graph: file,
             flops_per_pair: flops,
             flops_ratio: flops / full_flops,
@@ -201,6 +207,7 @@ pub fn export_with(
                     shape: w.shape.clone(),
                     offset: w.offset,
                     length: w.length,
+                    dtype: w.dtype,
                 })
                 .collect(),
         }),

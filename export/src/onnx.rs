@@ -65,6 +65,7 @@ pub struct NodeProto {
 /// `AttributeProto.AttributeType`.
 pub mod attribute_type {
     pub const FLOAT: i32 = 1;
+    pub const INT8: i32 = 3;
     pub const INT: i32 = 2;
     pub const TENSOR: i32 = 4;
     pub const INTS: i32 = 7;
@@ -124,6 +125,7 @@ impl AttributeProto {
 /// `TensorProto.DataType`.
 pub mod data_type {
     pub const FLOAT: i32 = 1;
+    pub const INT8: i32 = 3;
     pub const INT32: i32 = 6;
     pub const INT64: i32 = 7;
     pub const BOOL: i32 = 9;
@@ -165,9 +167,29 @@ impl TensorProto {
             ..Default::default()
         }
     }
+    pub fn i8(name: &str, dims: &[usize], values: &[i8]) -> Self {
+        TensorProto {
+            dims: dims.iter().map(|&d| d as i64).collect(),
+            data_type: data_type::INT8,
+            name: name.into(),
+            raw_data: values.iter().map(|&v| v as u8).collect(),
+            ..Default::default()
+        }
+    }
     /// A float tensor whose bytes live at `offset..offset+length` of `location`.
     pub fn external_f32(
         name: &str,
+        dims: &[usize],
+        location: &str,
+        offset: usize,
+        length: usize,
+    ) -> Self {
+        Self::external(name, data_type::FLOAT, dims, location, offset, length)
+    }
+    /// A tensor of `data_type` whose bytes live at `offset..offset+length` of `location`.
+    pub fn external(
+        name: &str,
+        data_type: i32,
         dims: &[usize],
         location: &str,
         offset: usize,
@@ -179,7 +201,7 @@ impl TensorProto {
         };
         TensorProto {
             dims: dims.iter().map(|&d| d as i64).collect(),
-            data_type: data_type::FLOAT,
+            data_type,
             name: name.into(),
             external_data: vec![
                 entry("location", location.into()),

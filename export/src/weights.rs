@@ -4,10 +4,10 @@
 //! (or folded into a per-configuration copy when merging is asked for).
 
 use candle_core::{Device, Tensor};
-use models::{Checkpoint, SubStructure};
+use models::{Checkpoint, Configuration, Precision};
 use trainer::adapters::Adapters;
 
-use crate::blocks::{Projection, QueryIdfWeights};
+use crate::blocks::{quantize_columns, Projection, ProjectionWeight, QueryIdfWeights};
 use crate::error::Result;
 use crate::graph::GraphBuilder;
 
@@ -22,6 +22,8 @@ pub struct ModelWeights<'a> {
     pub vertical: Option<String>,
     /// Fold active sets into per-configuration weights instead of branches.
     pub merge_adapters: bool,
+    /// f32 projections, or int8 (quantized after every fold).
+    pub precision: Precision,
     pub config_id: String,
     device: Device,
 }
@@ -30,16 +32,17 @@ impl<'a> ModelWeights<'a> {
     pub fn new(
         checkpoint: &'a Checkpoint,
         adapters: &'a Adapters,
-        sub: &SubStructure,
+        config: &Configuration,
         config_id: &str,
         merge_adapters: bool,
     ) -> Self {
         ModelWeights {
             checkpoint,
             adapters,
-            active_sets: adapters.active_sets(sub),
-            vertical: adapters.vertical_set(sub.depth),
+            active_sets: adapters.active_sets(&config.sub),
+            vertical: adapters.vertical_set(config.sub.depth),
             merge_adapters,
+            precision: config.precision,
             config_id: config_id.into(),
             device: Device::Cpu,
         }
@@ -121,9 +124,9 @@ impl<'a> ModelWeights<'a> {
         if self.merge_adapters {
             let merged = self.folded(w, layer, proj, &branch_sets)?;
             let name = format!("{prefix}.weight_t@{}", self.config_id);
-            let weight_t = g.inline_weight(&name, &dims, &transposed(&merged)?);
+            let weight = self.base_weight(g, &name, &dims, &transposed(&merged)?, false);
             return Ok(Projection {
-                weight_t,
+                weight,
                 bias,
                 lora: None,
             });
@@ -132,7 +135,7 @@ impl<'a> ModelWeights<'a> {
             Some(v) => format!("{prefix}.weight_t+{v}"),
             None => format!("{prefix}.weight_t"),
         };
-        let weight_t = g.weight(&shared_name, &dims, &transposed(&w)?);
+        let weight = self.base_weight(g, &shared_name, &dims, &transposed(&w)?, true);
         // Active branches, concatenated along the rank: one pair of MatMuls.
         let mut a_parts = Vec::new();
         let mut b_parts = Vec::new();
@@ -167,22 +170,51 @@ impl<'a> ModelWeights<'a> {
             );
             Some((a_name, b_name))
         };
-        Ok(Projection {
-            weight_t,
-            bias,
-            lora,
-        })
+        Ok(Projection { weight, bias, lora })
+    }
+
+    /// A projection's base weight `[in, out]` at this configuration's precision, in the
+    /// shared file (`shared`) or this graph's own. int8 weights are named apart from the
+    /// f32 ones, so f32 and int8 configurations of one export share nothing but can
+    /// each share with their own kind.
+    fn base_weight(
+        &self,
+        g: &mut GraphBuilder,
+        name: &str,
+        dims: &[usize; 2],
+        values: &[f32],
+        shared: bool,
+    ) -> ProjectionWeight {
+        match self.precision {
+            Precision::F32 if shared => ProjectionWeight::F32(g.weight(name, dims, values)),
+            Precision::F32 => ProjectionWeight::F32(g.inline_weight(name, dims, values)),
+            Precision::Int8 => {
+                let (q, scale) = quantize_columns(values, dims[0], dims[1]);
+                let (qn, sn) = (format!("{name}.int8"), format!("{name}.int8_scale"));
+                if shared {
+                    ProjectionWeight::Int8 {
+                        weight: g.weight_i8(&qn, dims, &q),
+                        scale: g.weight(&sn, &[dims[1]], &scale),
+                    }
+                } else {
+                    ProjectionWeight::Int8 {
+                        weight: g.inline_weight_i8(&qn, dims, &q),
+                        scale: g.inline_weight(&sn, &[dims[1]], &scale),
+                    }
+                }
+            }
+        }
     }
 
     /// Query, key and value of layer `layer` packed as one `[in, 3·out]` weight and
-    /// `[3·out]` bias (ONNX Runtime's fused `Attention` input), when none of them carries
-    /// a LoRA branch in this configuration.
+    /// `[3·out]` bias (ONNX Runtime's fused `Attention` or `QAttention` input), when
+    /// none of them carries a LoRA branch in this configuration.
     pub fn packed_qkv(
         &self,
         g: &mut GraphBuilder,
         layer: usize,
         prefixes: [&str; 3],
-    ) -> Result<Option<(String, String)>> {
+    ) -> Result<Option<(ProjectionWeight, String)>> {
         let mut ws = Vec::new();
         let mut bs = Vec::new();
         for (proj, prefix) in ["q", "k", "v"].iter().zip(prefixes) {
@@ -213,10 +245,12 @@ impl<'a> ModelWeights<'a> {
             .map(|v| format!("+{v}"))
             .unwrap_or_default();
         let base = prefixes[0].trim_end_matches(".query");
-        let w = g.weight(
+        let w = self.base_weight(
+            g,
             &format!("{base}.qkv.weight_t{suffix}"),
             &[packed.dim(0)?, packed.dim(1)?],
             &packed.flatten_all()?.to_vec1()?,
+            true,
         );
         let b = g.weight(&format!("{base}.qkv.bias"), &[bs.len()], &bs);
         Ok(Some((w, b)))

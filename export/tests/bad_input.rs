@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use export::{export, ExportRequest};
 use models::runtime::RuntimeOptions;
-use models::{Runtime, SubStructure};
+use models::{Configuration, Runtime, SubStructure};
 
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -16,7 +16,10 @@ fn export_tiny_bert(out: &Path) {
     export(&ExportRequest {
         model_dir: &fixture("tiny-bert"),
         adapters: None,
-        configs: vec![SubStructure::full(3), SubStructure::depth_only(2)],
+        configs: vec![
+            Configuration::f32(SubStructure::full(3)),
+            Configuration::f32(SubStructure::depth_only(2)),
+        ],
         out,
         merge_adapters: false,
         max_length: 64,
@@ -86,7 +89,7 @@ fn adapters_trained_for_another_model() {
     let err = export(&ExportRequest {
         model_dir: &fixture("tiny-llama"),
         adapters: Some(&file),
-        configs: vec![SubStructure::full(3)],
+        configs: vec![Configuration::f32(SubStructure::full(3))],
         out: &out,
         merge_adapters: false,
         max_length: 64,

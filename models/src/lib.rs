@@ -8,6 +8,7 @@ pub mod error;
 pub mod families;
 pub mod flops;
 pub mod manifest;
+pub mod precision;
 pub mod runtime;
 pub mod substructure;
 
@@ -17,5 +18,6 @@ pub use error::{ModelsError, Result};
 pub use families::{Dimensions, Family, ModelConfig};
 pub use flops::{pair_flops, PairLengths};
 pub use manifest::{ConfigEntry, Manifest};
+pub use precision::{Configuration, Precision};
 pub use runtime::Runtime;
 pub use substructure::{SubStructure, SubStructureSpace};

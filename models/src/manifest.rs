@@ -55,6 +55,27 @@ pub struct SharedTensor {
     pub shape: Vec<usize>,
     pub offset: usize,
     pub length: usize,
+    /// Element type in the file: f32, or i8 for int8 configurations' weights.
+    #[serde(default)]
+    pub dtype: ElementType,
+}
+
+/// Element type of a shared weight.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ElementType {
+    #[default]
+    F32,
+    I8,
+}
+
+impl ElementType {
+    pub fn size(self) -> usize {
+        match self {
+            ElementType::F32 => 4,
+            ElementType::I8 => 1,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -64,6 +85,9 @@ pub struct ConfigEntry {
     /// Passage tokens per merged token (1 = full width).
     pub ratio: usize,
     pub compress_layers: Vec<usize>,
+    /// f32, or int8 projections (`models::precision`).
+    #[serde(default)]
+    pub precision: crate::Precision,
     pub graph: String,
     pub flops_per_pair: f64,
     pub flops_ratio: f64,

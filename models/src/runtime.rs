@@ -14,7 +14,7 @@ use ort::value::{DynValue, Tensor};
 use crate::encoding::{EncodedPair, PaddedBatch, PairEncoder, DEFAULT_PROMPT};
 use crate::error::{ModelsError, Result};
 use crate::families::ModelConfig;
-use crate::manifest::{ConfigEntry, Manifest};
+use crate::manifest::{ConfigEntry, ElementType, Manifest};
 
 /// The environment variable naming the ONNX Runtime shared library.
 pub const ORT_DYLIB_ENV: &str = "ORT_DYLIB_PATH";
@@ -309,27 +309,36 @@ fn load_shared(
         .filter(|t| used.contains(t.name.as_str()))
     {
         let end = t.offset + t.length;
-        if end > bytes.len() || t.length != t.shape.iter().product::<usize>() * 4 {
+        if end > bytes.len() || t.length != t.shape.iter().product::<usize>() * t.dtype.size() {
             return Err(ModelsError::Manifest {
                 path: path.clone(),
                 message: format!(
-                    "tensor {} at bytes {}..{} does not fit the file ({} bytes) or its shape {:?}; export again",
+                    "tensor {} at bytes {}..{} does not fit the file ({} bytes) or its shape {:?} of {:?}; export again",
                     t.name,
                     t.offset,
                     end,
                     bytes.len(),
-                    t.shape
+                    t.shape,
+                    t.dtype
                 ),
             });
         }
-        let data: Vec<f32> = bytes[t.offset..end]
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect();
         let shape: Vec<i64> = t.shape.iter().map(|&d| d as i64).collect();
-        let value = Tensor::from_array((shape, data))
-            .map_err(ort_err(&format!("shared weight {}", t.name)))?
-            .into_dyn();
+        let raw = &bytes[t.offset..end];
+        let value = match t.dtype {
+            ElementType::F32 => {
+                let data: Vec<f32> = raw
+                    .chunks_exact(4)
+                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                    .collect();
+                Tensor::from_array((shape, data)).map(|t| t.into_dyn())
+            }
+            ElementType::I8 => {
+                let data: Vec<i8> = raw.iter().map(|&b| b as i8).collect();
+                Tensor::from_array((shape, data)).map(|t| t.into_dyn())
+            }
+        }
+        .map_err(ort_err(&format!("shared weight {}", t.name)))?;
         out.push((t.name.clone(), Arc::new(value)));
     }
     Ok(out)

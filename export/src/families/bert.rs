@@ -4,7 +4,9 @@
 use models::families::BertConfig;
 
 use super::{attention, GraphFamily, Inputs};
-use crate::blocks::{merge_heads, scoring_attention, split_heads, Layout, ScoringPosition};
+use crate::blocks::{
+    merge_heads, scoring_attention, split_heads, Layout, ProjectionWeight, ScoringPosition,
+};
 use crate::error::Result;
 use crate::graph::GraphBuilder;
 use crate::weights::ModelWeights;
@@ -118,17 +120,32 @@ impl GraphFamily for BertGraph {
         } else {
             w.packed_qkv(g, index, [&prefixes[0], &prefixes[1], &prefixes[2]])?
         };
+        let attention_attrs = || {
+            vec![
+                AttributeProto::int("num_heads", heads as i64),
+                AttributeProto::float("scale", scale),
+            ]
+        };
         let (context, attn) = if let Some((qkv_w, qkv_b)) = packed {
             // ONNX Runtime's fused attention with the projection folded in: one MatMul
             // for q, k and v, no head transposes, one pass for scale, mask and softmax.
-            let context = g.contrib_op(
-                "Attention",
-                &[hidden, &qkv_w, &qkv_b, &prepared[2]],
-                vec![
-                    AttributeProto::int("num_heads", heads as i64),
-                    AttributeProto::float("scale", scale),
-                ],
-            );
+            let context = match qkv_w {
+                ProjectionWeight::F32(w) => g.contrib_op(
+                    "Attention",
+                    &[hidden, &w, &qkv_b, &prepared[2]],
+                    attention_attrs(),
+                ),
+                ProjectionWeight::Int8 { weight, scale } => {
+                    // The int8 twin: the input quantized once (uint8, per batch), one
+                    // integer GEMM for q, k and v; scores and softmax stay f32.
+                    let q = g.op_outputs("DynamicQuantizeLinear", &[hidden], vec![], 3);
+                    g.contrib_op(
+                        "QAttention",
+                        &[&q[0], &weight, &qkv_b, &q[1], &scale, &prepared[2], &q[2]],
+                        attention_attrs(),
+                    )
+                }
+            };
             (context, None)
         } else {
             let q = w
@@ -153,10 +170,7 @@ impl GraphFamily for BertGraph {
                 let context = g.contrib_op(
                     "MultiHeadAttention",
                     &[&q, &k, &v, "", &prepared[1]],
-                    vec![
-                        AttributeProto::int("num_heads", heads as i64),
-                        AttributeProto::float("scale", scale),
-                    ],
+                    attention_attrs(),
                 );
                 (context, None)
             }
