@@ -73,12 +73,18 @@ pub fn ensure() -> Result<PathBuf> {
     )?;
     let runtime = models::Runtime::load(&out, &Default::default())?;
     let mut manifest = manifest;
-    let total = manifest.configs.len();
-    for (i, c) in manifest.configs.iter_mut().enumerate() {
-        eprint!("\rmeasuring latency: {}/{total} {:<14}", i + 1, c.id);
-        c.latency_ms = Some(export::measure::reference_latency(&runtime, &c.id, 3)?);
+    let ids: Vec<String> = manifest.configs.iter().map(|c| c.id.clone()).collect();
+    let rounds = export::measure::DEFAULT_LATENCY_ROUNDS;
+    let latencies = export::measure::reference_latencies(&runtime, &ids, rounds, |r, n| {
+        eprint!(
+            "\rmeasuring latency of {} configurations: round {r}/{n}",
+            ids.len()
+        )
+    })?;
+    for (c, ms) in manifest.configs.iter_mut().zip(latencies) {
+        c.latency_ms = Some(ms);
         c.reference_batch = Some(format!(
-            "{} pairs, median of 3",
+            "{} pairs, median of {rounds} interleaved rounds",
             export::measure::REFERENCE_BATCH
         ));
     }

@@ -114,16 +114,15 @@ fn measure_into(dir: &Path, mut manifest: Manifest, args: &ExportArgs) -> Result
         },
     )?;
     if !args.no_latency {
-        for (i, c) in manifest.configs.iter_mut().enumerate() {
-            eprint!(
-                "\rlatency: {}/{} {:<14}",
-                i + 1,
-                runtime.configs.len(),
-                c.id
-            );
-            c.latency_ms = Some(measure::reference_latency(&runtime, &c.id, 5)?);
+        let ids: Vec<String> = manifest.configs.iter().map(|c| c.id.clone()).collect();
+        let rounds = measure::DEFAULT_LATENCY_ROUNDS;
+        let latencies = measure::reference_latencies(&runtime, &ids, rounds, |r, n| {
+            eprint!("\rlatency of {} configurations: round {r}/{n}", ids.len())
+        })?;
+        for (c, ms) in manifest.configs.iter_mut().zip(latencies) {
+            c.latency_ms = Some(ms);
             c.reference_batch = Some(format!(
-                "{} pairs of {}+{} tokens, median of 5",
+                "{} pairs of {}+{} tokens, median of {rounds} interleaved rounds",
                 measure::REFERENCE_BATCH,
                 manifest.reference_lengths.query,
                 manifest.reference_lengths.passage

@@ -273,6 +273,11 @@ fn export_writes_a_manifest_that_bench_loads() {
         assert!(out.join(c["graph"].as_str().unwrap()).exists());
     }
     assert!(configs.iter().any(|c| c["frontier"] == true));
+    bench_loads(&out, 3);
+}
+
+/// `mrank bench --load-only` loads all `n` configurations of the export in `out`.
+fn bench_loads(out: &Path, n: usize) {
     let (ok, stdout, stderr) = mrank(&[
         "bench",
         "--load-only",
@@ -282,5 +287,91 @@ fn export_writes_a_manifest_that_bench_loads() {
         "/unused",
     ]);
     assert!(ok, "{stderr}");
-    assert!(stdout.contains("\"configs\": 3"), "{stdout}");
+    assert!(stdout.contains(&format!("\"configs\": {n}")), "{stdout}");
+}
+
+#[test]
+fn export_int8_adds_a_twin_of_every_configuration() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("tiny-int8");
+    let model = repo().join("fixtures/tiny-bert");
+    let (ok, _, stderr) = mrank(&[
+        "export",
+        "--model",
+        model.to_str().unwrap(),
+        "--configs",
+        "full,d2",
+        "--int8",
+        "--no-latency",
+        "--out",
+        out.to_str().unwrap(),
+        "--max-length",
+        "64",
+    ]);
+    assert!(ok, "{stderr}");
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("manifest.json")).unwrap()).unwrap();
+    let mut ids: Vec<(String, String)> = manifest["configs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["id"].as_str().unwrap().to_string(),
+                c["precision"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    ids.sort();
+    let expected = [
+        ("d2", "f32"),
+        ("d2-int8", "int8"),
+        ("full", "f32"),
+        ("full-int8", "int8"),
+    ];
+    assert_eq!(
+        ids,
+        expected
+            .iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect::<Vec<_>>()
+    );
+    let tensors = manifest["shared_weights"]["tensors"].as_array().unwrap();
+    assert!(
+        tensors.iter().any(|t| t["dtype"] == "i8"),
+        "no int8 weights"
+    );
+    bench_loads(&out, 4);
+}
+
+#[test]
+fn int8_configurations_evaluate_through_onnx_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, qrels) = tiny_data(dir.path());
+    let model = repo().join("fixtures/tiny-bert");
+    let model = model.to_str().unwrap();
+    let (ok, _, stderr) = eval_json(&data, &qrels, "full,full-int8", &["--model", model]);
+    assert!(!ok);
+    assert!(
+        stderr.contains("full-int8") && stderr.contains("--engine onnx"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    let (ok, stdout, stderr) = eval_json(
+        &data,
+        &qrels,
+        "full,full-int8",
+        &["--model", model, "--engine", "onnx"],
+    );
+    assert!(ok, "{stderr}");
+    let value: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    let ids: Vec<&str> = value["configs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["full", "full-int8"]);
+    let (ok, _, stderr) = eval_json(&data, &qrels, "full-int4", &["--model", model]);
+    assert!(!ok && stderr.contains("full-int4"), "{stderr}");
 }

@@ -15,6 +15,9 @@ use crate::error::Result;
 /// Pairs per reference batch.
 pub const REFERENCE_BATCH: usize = 32;
 
+/// Interleaved rounds of the reference-batch latency at export.
+pub const DEFAULT_LATENCY_ROUNDS: usize = 7;
+
 /// A batch of `REFERENCE_BATCH` pairs at the manifest's reference lengths (query and
 /// passage made of repeated ordinary words, so every token is a real one).
 pub fn reference_batch(runtime: &Runtime) -> Result<PaddedBatch> {
@@ -26,20 +29,38 @@ pub fn reference_batch(runtime: &Runtime) -> Result<PaddedBatch> {
     Ok(PaddedBatch::new(&pairs, runtime.encoder.pad_id))
 }
 
-/// Median milliseconds of `runs` timed runs (after one warm-up) of the reference batch.
-pub fn reference_latency(runtime: &Runtime, id: &str, runs: usize) -> Result<f64> {
+/// Median milliseconds of the reference batch for each of `ids`, timed in `rounds`
+/// interleaved rounds (one run of every configuration per round, after one warm-up
+/// each). Interleaving spreads a slow spell of a shared machine over every
+/// configuration instead of one; the frontier, which picks the served rungs, compares
+/// these figures, and neighbours on it are often within 10% of each other.
+pub fn reference_latencies(
+    runtime: &Runtime,
+    ids: &[String],
+    rounds: usize,
+    mut progress: impl FnMut(usize, usize),
+) -> Result<Vec<f64>> {
     let batch = reference_batch(runtime)?;
-    runtime.run(id, &batch)?;
-    let mut times: Vec<f64> = (0..runs.max(1))
-        .map(|_| {
-            let t = Instant::now();
-            runtime
-                .run(id, &batch)
-                .map(|_| t.elapsed().as_secs_f64() * 1e3)
+    for id in ids {
+        runtime.run(id, &batch)?;
+    }
+    let rounds = rounds.max(1);
+    let mut times = vec![Vec::with_capacity(rounds); ids.len()];
+    for round in 0..rounds {
+        progress(round + 1, rounds);
+        for (id, t) in ids.iter().zip(times.iter_mut()) {
+            let start = Instant::now();
+            runtime.run(id, &batch)?;
+            t.push(start.elapsed().as_secs_f64() * 1e3);
+        }
+    }
+    Ok(times
+        .into_iter()
+        .map(|mut t| {
+            t.sort_by(f64::total_cmp);
+            t[t.len() / 2]
         })
-        .collect::<models::Result<_>>()?;
-    times.sort_by(f64::total_cmp);
-    Ok(times[times.len() / 2])
+        .collect())
 }
 
 /// nDCG@10 and MRR@10 of each loaded configuration in `ids` (queries without

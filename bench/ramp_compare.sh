@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# One open-loop ramp against the embedded default served two ways, one after the other
+# on one machine (nothing else should load it):
+#   f32:  the committed quality table without its int8 rows (the ladder before int8 twins);
+#   int8: the committed table as is (f32 and int8 rungs; the frontier picks).
+# Each variant is exported by the server's own first-start path (latency measured here)
+# into $OUT/<variant>/export (OUT=runs/ramp-compare); reports go to $OUT/<variant>/.
+# Needs: the release binary, DL19 data. Overrides: FROM_RPS TO_RPS RAMP_S SLO_MS THREADS.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+mrank=$root/target/release/mrank
+data=${DATA:-../shared/data/trec-dl}
+out=${OUT:-runs/ramp-compare}
+threads=${THREADS:-2}
+slo_ms=${SLO_MS:-3000}
+adapters=adapters/minilm-l6
+
+for variant in f32 int8; do
+  dir=$out/$variant
+  rm -rf "$dir" && mkdir -p "$dir"
+  if [ "$variant" = f32 ]; then
+    cp "$adapters/adapters.safetensors" "$dir/"
+    python3 - "$adapters/eval.json" "$dir/eval.json" <<'PY'
+import json, sys
+table = json.load(open(sys.argv[1]))
+table["configs"] = [c for c in table["configs"] if not c["id"].endswith("-int8")]
+json.dump(table, open(sys.argv[2], "w"), indent=2)
+PY
+    export MRANK_ADAPTERS=$root/$dir/adapters.safetensors
+  else
+    unset MRANK_ADAPTERS
+  fi
+  export MRANK_EXPORT=$root/$dir/export
+  port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+  echo "== $variant: exporting and serving (first start measures every configuration)" >&2
+  $mrank serve --addr "127.0.0.1:$port" --threads "$threads" --slo-ms "$slo_ms" 2>"$dir/serve.log" &
+  server=$!
+  trap 'kill $server 2>/dev/null || true' EXIT
+  until curl -sf "http://127.0.0.1:$port/ready" >/dev/null; do
+    kill -0 $server 2>/dev/null || { cat "$dir/serve.log" >&2; exit 1; }
+    sleep 1
+  done
+  grep -h "serving configurations\|quality ladder" "$dir/serve.log" >&2 || true
+  echo "== $variant: ramp, auto" >&2
+  $mrank replay --target "127.0.0.1:$port" --data "$data/dl19-bm25-top100.jsonl" \
+    --qrels "$data/qrels.dl19-passage.txt" --slo-ms "$slo_ms" --mode ramp --config auto \
+    --from-rps "${FROM_RPS:-0.6}" --to-rps "${TO_RPS:-6.6}" --duration-s "${RAMP_S:-120}" \
+    --out "$dir/ramp-auto.json"
+  kill $server; wait $server 2>/dev/null || true
+  sleep 3
+done
