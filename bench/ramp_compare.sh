@@ -4,7 +4,8 @@
 #   f32:  the committed quality table without its int8 rows (the ladder before int8 twins);
 #   int8: the committed table as is (f32 and int8 rungs; the frontier picks).
 # Each variant is exported by the server's own first-start path (latency measured here)
-# into $OUT/<variant>/export (OUT=runs/ramp-compare); reports go to $OUT/<variant>/.
+# into $OUT/<variant>/export (OUT=runs/ramp-compare); the ramp report and the server's
+# peak memory after the ramp (server-memory.txt) go to $OUT/<variant>/.
 # Needs: the release binary, DL19 data. Overrides: FROM_RPS TO_RPS RAMP_S SLO_MS THREADS.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -47,6 +48,9 @@ PY
     --qrels "$data/qrels.dl19-passage.txt" --slo-ms "$slo_ms" --mode ramp --config auto \
     --from-rps "${FROM_RPS:-0.6}" --to-rps "${TO_RPS:-6.6}" --duration-s "${RAMP_S:-120}" \
     --out "$dir/ramp-auto.json"
+  # The server's peak and current resident memory after the ramp (ONNX Runtime's arenas
+  # grow with the largest batches they have served).
+  grep -E "VmHWM|VmRSS" /proc/$server/status | tee "$dir/server-memory.txt" >&2
   kill $server; wait $server 2>/dev/null || true
   sleep 3
 done
