@@ -34,13 +34,18 @@ PY
   fi
   export MRANK_EXPORT=$root/$dir/export
   port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-  echo "== $variant: exporting and serving (first start measures every configuration)" >&2
-  $mrank serve --addr "127.0.0.1:$port" --threads "$threads" --slo-ms "$slo_ms" 2>"$dir/serve.log" &
-  server=$!
-  trap 'kill $server 2>/dev/null || true' EXIT
-  until curl -sf "http://127.0.0.1:$port/ready" >/dev/null; do
-    kill -0 $server 2>/dev/null || { cat "$dir/serve.log" >&2; exit 1; }
-    sleep 1
+  # Two starts: the first exports and measures every configuration (all of them loaded
+  # at once), the second serves from that export, so its memory is serving's alone.
+  for start in export serve; do
+    echo "== $variant: start to $start" >&2
+    $mrank serve --addr "127.0.0.1:$port" --threads "$threads" --slo-ms "$slo_ms" 2>>"$dir/serve.log" &
+    server=$!
+    trap 'kill $server 2>/dev/null || true' EXIT
+    until curl -sf "http://127.0.0.1:$port/ready" >/dev/null; do
+      kill -0 $server 2>/dev/null || { cat "$dir/serve.log" >&2; exit 1; }
+      sleep 1
+    done
+    if [ "$start" = export ]; then kill $server; wait $server 2>/dev/null || true; fi
   done
   grep -h "serving configurations\|quality ladder" "$dir/serve.log" >&2 || true
   echo "== $variant: ramp, auto" >&2
@@ -48,8 +53,8 @@ PY
     --qrels "$data/qrels.dl19-passage.txt" --slo-ms "$slo_ms" --mode ramp --config auto \
     --from-rps "${FROM_RPS:-0.6}" --to-rps "${TO_RPS:-6.6}" --duration-s "${RAMP_S:-120}" \
     --out "$dir/ramp-auto.json"
-  # The server's peak and current resident memory after the ramp (ONNX Runtime's arenas
-  # grow with the largest batches they have served).
+  # The serving process's peak and current resident memory after the ramp (ONNX
+  # Runtime's arenas grow with the batches they have served).
   grep -E "VmHWM|VmRSS" /proc/$server/status | tee "$dir/server-memory.txt" >&2
   kill $server; wait $server 2>/dev/null || true
   sleep 3

@@ -52,6 +52,10 @@ pub struct BenchArgs {
     /// Load the configurations, print resident memory, and exit (no inference).
     #[arg(long)]
     pub load_only: bool,
+    /// Run the sessions without ONNX Runtime's CPU arena (as `mrank serve` does; see
+    /// its `--cpu-arena`).
+    #[arg(long)]
+    pub no_cpu_arena: bool,
     /// Run every session, the peer's too, on the CUDA execution provider (an mrank built
     /// with `--features cuda`, onnxruntime-gpu as ORT_DYLIB_PATH).
     #[arg(long)]
@@ -171,6 +175,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
             share_weights: !args.no_share_weights,
             configs: wanted,
             cuda: args.cuda,
+            cpu_arena: !args.no_cpu_arena,
         },
     )
     .context("--configs")?;
@@ -337,9 +342,18 @@ pub fn run(args: BenchArgs) -> Result<()> {
             "1.00"
         );
     }
+    // What the runs left resident: the arenas keep each session's largest working set.
+    let rss_after = resident_mib();
+    eprintln!(
+        "resident memory after the runs: {rss_after:.1} MiB (CPU arena {})",
+        if args.no_cpu_arena { "off" } else { "on" }
+    );
     if let Some(path) = &args.json {
         let json = serde_json::json!({
             "export": dir.display().to_string(),
+            "rss_mib_loaded": rss,
+            "rss_mib_after": rss_after,
+            "cpu_arena": !args.no_cpu_arena,
             "data": args.data.display().to_string(),
             "pairs": pairs.len(),
             "threads": args.threads,

@@ -119,6 +119,15 @@ fn embedded_default_int8_tracks_f32_on_dl19() {
     })
     .unwrap();
     let runtime = Runtime::load(out.path(), &RuntimeOptions::default()).unwrap();
+    // What `mrank serve` runs: the same graphs without ONNX Runtime's CPU arena.
+    let no_arena = Runtime::load(
+        out.path(),
+        &RuntimeOptions {
+            cpu_arena: false,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     let queries = trainer::data::read_candidates(&dl19("dl19-bm25-top100.jsonl")).unwrap();
     for q in queries.iter().take(2) {
         let pairs: Vec<EncodedPair> = q
@@ -133,6 +142,11 @@ fn embedded_default_int8_tracks_f32_on_dl19() {
             let int8 = runtime
                 .score_pairs(&format!("{id}-int8"), &pairs, 8192)
                 .unwrap();
+            for other in [id.clone(), format!("{id}-int8")] {
+                let with_arena = runtime.score_pairs(&other, &pairs, 8192).unwrap();
+                let without = no_arena.score_pairs(&other, &pairs, 8192).unwrap();
+                assert_eq!(with_arena, without, "{other}: scores depend on the arena");
+            }
             let r = pearson(&f32_scores, &int8);
             let overlap = top_k(&f32_scores, 10)
                 .iter()

@@ -70,6 +70,10 @@ pub struct RuntimeOptions {
     pub share_weights: bool,
     /// Use the CUDA execution provider (needs the `cuda` feature and onnxruntime-gpu).
     pub cuda: bool,
+    /// Give every session ONNX Runtime's CPU arena. An arena keeps the largest working
+    /// set its session ever needed, and each configuration has its own, so a server
+    /// with ten rungs holds ten peaks; without arenas, memory goes back after each run.
+    pub cpu_arena: bool,
 }
 
 impl Default for RuntimeOptions {
@@ -79,6 +83,7 @@ impl Default for RuntimeOptions {
             configs: None,
             share_weights: true,
             cuda: false,
+            cpu_arena: true,
         }
     }
 }
@@ -357,6 +362,9 @@ fn build_session(
         .with_prepacked_weights(prepacked)?;
     if options.cuda {
         builder = with_cuda(builder)?;
+    } else {
+        let cpu = ort::ep::CPU::default().with_arena_allocator(options.cpu_arena);
+        builder = builder.with_execution_providers([cpu.build()])?;
     }
     for (name, value) in shared {
         if entry.shared.contains(name) {

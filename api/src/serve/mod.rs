@@ -60,6 +60,11 @@ pub struct ServeArgs {
     /// ONNX Runtime intra-op threads (0 = one per core).
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
+    /// Give every configuration's session ONNX Runtime's CPU arena (`true`/`false`).
+    /// Each arena keeps the largest working set its rung ever needed, so with arenas
+    /// memory grows to the sum of every rung's peak (docs/BENCHMARKS.md "Memory").
+    #[arg(long, default_value_t = false, action = clap::ArgAction::Set)]
+    pub cpu_arena: bool,
     /// Require `Authorization: Bearer <key>` on every route but health, readiness,
     /// metrics and docs.
     #[arg(long, env = "MRANK_API_KEY", hide_env_values = true)]
@@ -122,12 +127,14 @@ pub fn run(args: ServeArgs) -> Result<()> {
                 .configs
                 .as_ref()
                 .map(|c| c.split(',').map(|s| s.trim().to_string()).collect()),
+            cpu_arena: args.cpu_arena,
             ..Default::default()
         },
     )?;
     // Warm every session and fit its latency model on this process, at serving batch
-    // sizes: first runs allocate arenas (a cold first request would miss its target), and
-    // the manifest's reference batch was timed elsewhere, at another size.
+    // sizes: first runs do one-time work (kernel choice, arenas when on; a cold first
+    // request would miss its target), and the manifest's reference batch was timed
+    // elsewhere, at another size.
     log::info(&format!(
         "warming {} configurations and calibrating their latency",
         runtime.configs.len()
