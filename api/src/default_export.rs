@@ -73,22 +73,7 @@ pub fn ensure() -> Result<PathBuf> {
     )?;
     let runtime = models::Runtime::load(&out, &Default::default())?;
     let mut manifest = manifest;
-    let ids: Vec<String> = manifest.configs.iter().map(|c| c.id.clone()).collect();
-    let rounds = export::measure::DEFAULT_LATENCY_ROUNDS;
-    let latencies = export::measure::reference_latencies(&runtime, &ids, rounds, |r, n| {
-        eprint!(
-            "\rmeasuring latency of {} configurations: round {r}/{n}",
-            ids.len()
-        )
-    })?;
-    for (c, ms) in manifest.configs.iter_mut().zip(latencies) {
-        c.latency_ms = Some(ms);
-        c.reference_batch = Some(format!(
-            "{} pairs, median of {rounds} interleaved rounds",
-            export::measure::REFERENCE_BATCH
-        ));
-    }
-    eprintln!();
+    export::measure::record_latencies(&runtime, &mut manifest)?;
     drop(runtime);
     for c in manifest.configs.iter_mut() {
         c.ndcg_at_10 = quality.iter().find(|(id, _)| *id == c.id).map(|(_, q)| *q);

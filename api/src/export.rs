@@ -56,7 +56,7 @@ pub fn run(args: ExportArgs) -> Result<()> {
     };
     let mut configs = crate::eval::select_configs(spec, dims.num_layers, min_depth)?;
     if args.int8 {
-        with_int8_twins(&mut configs);
+        models::precision::add_int8_twins(&mut configs);
     }
     eprintln!(
         "export: {name} → {} ({} configurations)",
@@ -90,17 +90,6 @@ pub fn run(args: ExportArgs) -> Result<()> {
     Ok(())
 }
 
-/// Adds the int8 twin of every f32 configuration that lacks one.
-pub fn with_int8_twins(configs: &mut Vec<models::Configuration>) {
-    let twins: Vec<_> = configs
-        .iter()
-        .filter(|c| c.precision == models::Precision::F32)
-        .map(|c| models::Configuration::int8(c.sub.clone()))
-        .filter(|t| !configs.contains(t))
-        .collect();
-    configs.extend(twins);
-}
-
 /// Adds latency and dev quality to a fresh export and marks the frontier.
 fn measure_into(dir: &Path, mut manifest: Manifest, args: &ExportArgs) -> Result<Manifest> {
     if args.no_latency && args.data.is_none() {
@@ -114,21 +103,7 @@ fn measure_into(dir: &Path, mut manifest: Manifest, args: &ExportArgs) -> Result
         },
     )?;
     if !args.no_latency {
-        let ids: Vec<String> = manifest.configs.iter().map(|c| c.id.clone()).collect();
-        let rounds = measure::DEFAULT_LATENCY_ROUNDS;
-        let latencies = measure::reference_latencies(&runtime, &ids, rounds, |r, n| {
-            eprint!("\rlatency of {} configurations: round {r}/{n}", ids.len())
-        })?;
-        for (c, ms) in manifest.configs.iter_mut().zip(latencies) {
-            c.latency_ms = Some(ms);
-            c.reference_batch = Some(format!(
-                "{} pairs of {}+{} tokens, median of {rounds} interleaved rounds",
-                measure::REFERENCE_BATCH,
-                manifest.reference_lengths.query,
-                manifest.reference_lengths.passage
-            ));
-        }
-        eprintln!();
+        measure::record_latencies(&runtime, &mut manifest)?;
     }
     if let (Some(data), Some(qrels)) = (&args.data, &args.qrels) {
         let queries = read_candidates(data)?;

@@ -63,6 +63,28 @@ pub fn reference_latencies(
         .collect())
 }
 
+/// Records every manifest configuration's reference-batch latency
+/// (`reference_latencies`, `DEFAULT_LATENCY_ROUNDS` rounds) with a description of the
+/// batch, printing progress on stderr.
+pub fn record_latencies(runtime: &Runtime, manifest: &mut models::Manifest) -> Result<()> {
+    let ids: Vec<String> = manifest.configs.iter().map(|c| c.id.clone()).collect();
+    let rounds = DEFAULT_LATENCY_ROUNDS;
+    let latencies = reference_latencies(runtime, &ids, rounds, |r, n| {
+        eprint!("\rlatency of {} configurations: round {r}/{n}", ids.len())
+    })?;
+    eprintln!();
+    let lengths = &manifest.reference_lengths;
+    let batch = format!(
+        "{REFERENCE_BATCH} pairs of {}+{} tokens, median of {rounds} interleaved rounds",
+        lengths.query, lengths.passage
+    );
+    for (c, ms) in manifest.configs.iter_mut().zip(latencies) {
+        c.latency_ms = Some(ms);
+        c.reference_batch = Some(batch.clone());
+    }
+    Ok(())
+}
+
 /// nDCG@10 and MRR@10 of each loaded configuration in `ids` (queries without
 /// judgments skipped), scored through ONNX Runtime.
 pub fn evaluate_runtime(

@@ -88,6 +88,17 @@ impl Configuration {
     }
 }
 
+/// Adds the int8 twin of every f32 configuration that lacks one (`mrank export --int8`).
+pub fn add_int8_twins(configs: &mut Vec<Configuration>) {
+    let twins: Vec<Configuration> = configs
+        .iter()
+        .filter(|c| c.precision == Precision::F32)
+        .map(|c| Configuration::int8(c.sub.clone()))
+        .filter(|t| !configs.contains(t))
+        .collect();
+    configs.extend(twins);
+}
+
 impl fmt::Display for Precision {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.name())
