@@ -243,26 +243,45 @@ fn check_family_with(
         quantized > 0,
         "{name}: the int8 graphs have no int8 weights"
     );
-    for sub in &int8_of {
-        let id = sub.id(dims.num_layers);
-        let f32_scores = runtime.run(&id, &batch).unwrap();
-        let int8 = runtime.run(&format!("{id}-int8"), &batch).unwrap();
-        let err = relative_error(&f32_scores, &int8);
-        eprintln!("{name} {id}-int8: relative error {err:e} against f32");
+    let runs: Vec<(String, Vec<f32>, Vec<f32>)> = int8_of
+        .iter()
+        .map(|sub| {
+            let id = sub.id(dims.num_layers);
+            let f32_scores = runtime.run(&id, &batch).unwrap();
+            let int8 = runtime.run(&format!("{id}-int8"), &batch).unwrap();
+            (id, f32_scores, int8)
+        })
+        .collect();
+    // Quantization noise scales with the features a head reads, not with its output: a
+    // random head can land one configuration's scores near zero (seen: ±0.05 where
+    // full's are ±5), so errors are relative to the largest f32 score of the family.
+    let scale = runs
+        .iter()
+        .flat_map(|(_, f, _)| f.iter())
+        .fold(0f32, |m, v| m.max(v.abs()))
+        .max(1e-6);
+    for (id, f32_scores, int8) in &runs {
+        let err = f32_scores
+            .iter()
+            .zip(int8)
+            .fold(0f32, |m, (a, b)| m.max((a - b).abs()))
+            / scale;
+        eprintln!("{name} {id}-int8: error {err:e} of the family's score scale");
         // Quantization must change something (the graph really is int8) and stay
         // within the noise of 8-bit weights and activations.
         assert!(
             err > 0.0 && err <= INT8_TOLERANCE,
-            "{name} {id}-int8: {int8:?} vs f32 {f32_scores:?} (relative error {err:e})"
+            "{name} {id}-int8: {int8:?} vs f32 {f32_scores:?} (error {err:e} of {scale})"
         );
     }
     let _ = SubStructure::full(dims.num_layers);
     out
 }
 
-/// Largest int8-vs-f32 score difference relative to the largest f32 score magnitude.
+/// Largest int8-vs-f32 score difference, relative to the family's largest f32 score.
 /// Loose: the fixtures are narrow random models, where 8-bit noise averages over few
-/// terms (measured 0.04% to 17% over repeated runs with fresh random adapters). The
+/// terms (measured 0.04% to 17% of a configuration's own largest score over repeated
+/// runs with fresh random adapters, once 43% when a random head put that score at 0.05). The
 /// weights themselves are checked exactly (`int8_weights_dequantize_to_f32`), and the
 /// embedded default is held to a tight bound on real DL19 pairs (`minilm.rs`).
 const INT8_TOLERANCE: f32 = 0.3;
@@ -307,15 +326,6 @@ fn int8_weights_dequantize_to_f32(dir: &Path) -> usize {
         checked += 1;
     }
     checked
-}
-
-fn relative_error(reference: &[f32], got: &[f32]) -> f32 {
-    let scale = reference.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-6);
-    reference
-        .iter()
-        .zip(got)
-        .fold(0f32, |m, (a, b)| m.max((a - b).abs()))
-        / scale
 }
 
 /// `onnx.checker.check_model(full_check=True)` on every graph (the set-up script puts
