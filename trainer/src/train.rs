@@ -550,7 +550,9 @@ impl Trainer {
             Vec<String>,
         ) = match &phase {
             Phase::Stage1 => {
-                let full = rng.random_bool(self.cfg.space.full_width_probability.clamp(0.0, 1.0));
+                // No ratios: a depth-only space, every step at full width.
+                let full = self.cfg.space.ratios.is_empty()
+                    || rng.random_bool(self.cfg.space.full_width_probability.clamp(0.0, 1.0));
                 let (r, c) = if full {
                     (1, vec![])
                 } else {

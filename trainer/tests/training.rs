@@ -131,6 +131,30 @@ fn loss_decreases_with_max_sim_on_isolated_segments() {
     );
 }
 
+/// A depth-only space (`space.ratios = []`): stage 1 samples no width, no horizontal
+/// phase exists, and training still learns. It used to panic on the empty ratio list.
+#[test]
+fn depth_only_space_trains() {
+    let extra = [
+        "space.ratios=[]",
+        "stage2.vertical_steps=2",
+        "stage2.horizontal_steps=2",
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    let phases: Vec<String> = trainer::train::phases(&tiny_config(dir.path(), &extra))
+        .iter()
+        .map(|(p, _)| p.name())
+        .collect();
+    assert_eq!(phases, ["stage1", "vertical"]);
+    // Width sampling on every step it could happen: still none, since there is no ratio.
+    let l = losses(
+        "tiny-bert",
+        &[&extra[..], &["space.full_width_probability=0.0"]].concat(),
+    );
+    assert_eq!(l.len(), 22);
+    assert!(l[19] < l[0] * 0.5, "loss did not fall: {l:?}");
+}
+
 #[test]
 fn inconsistent_model_settings_are_refused() {
     let dir = tempfile::tempdir().unwrap();
