@@ -1,14 +1,17 @@
 #!/usr/bin/env python3
 """Quality vs cost of every evaluated sub-structure (docs/QUALITY.md's plot).
 
-    python3 scripts/plot_quality.py EVAL.json [--ref NAME=NDCG ...] --out docs/quality-frontier.png
+    python3 scripts/plot_quality.py EVAL.json [MORE_EVAL.json ...] [--ref NAME=NDCG ...] [--point NAME=FLOPS%:NDCG ...]
+        [--targets] --out docs/quality-frontier.png
 
-EVAL.json is `mrank eval --json` output (or a run's eval.json). Needs matplotlib.
+EVAL.json is `mrank eval --json` output (or a run's eval.json); further files of the same
+model add their rows (the first file wins for an id). Needs matplotlib.
 """
 import argparse
 import json
 
 import matplotlib
+import matplotlib.patches
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -25,13 +28,22 @@ def frontier(points):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("eval_json")
+    ap.add_argument("eval_json", nargs="+")
     ap.add_argument("--ref", action="append", default=[], help="NAME=NDCG reference line")
+    ap.add_argument("--point", action="append", default=[],
+                    help="NAME=FLOPS%%:NDCG, a model outside EVAL.json (e.g. a depth trained alone)")
+    ap.add_argument("--targets", action="store_true",
+                    help="mark the trainer issue's budget targets: 97%% of full at <=40%% FLOPs, 93%% at <=25%%")
     ap.add_argument("--title", default="DL19 nDCG@10 vs FLOPs per pair")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
-    with open(args.eval_json) as f:
-        configs = json.load(f)["configs"]
+    configs, seen = [], set()
+    for path in args.eval_json:
+        with open(path) as f:
+            for c in json.load(f)["configs"]:
+                if c["id"] not in seen:
+                    seen.add(c["id"])
+                    configs.append(c)
     # int8 twins have their f32 configuration's FLOPs (FLOPs ignore precision): on this
     # axis they would only sit on top of it. Their cost is speed (docs/BENCHMARKS.md).
     pts = [
@@ -48,6 +60,21 @@ def main():
     ax.plot([p[0] for p in fr], [p[1] for p in fr], c="black", lw=1, label="frontier")
     for p in fr:
         ax.annotate(p[2], (p[0], p[1]), fontsize=7, xytext=(3, -9), textcoords="offset points")
+    for name, flops_ndcg in (p.split("=", 1) for p in args.point):
+        x, y = (float(v) for v in flops_ndcg.split(":"))
+        ax.scatter([x], [y], marker="D", s=36, facecolors="none", edgecolors="tab:brown", zorder=3)
+        ax.annotate(name, (x, y), fontsize=7, xytext=(4, 4), textcoords="offset points", color="tab:brown")
+    full = next((c["ndcg@10"] for c in configs if c["id"] == "full"), None)
+    if args.targets and full is not None:
+        # Each target is a region: at most `budget` FLOPs, at least `share` of full.
+        for budget, share, dy in ((40, 0.97, 3), (25, 0.93, -10)):
+            ax.add_patch(matplotlib.patches.Rectangle(
+                (0, share * full), budget, 1.0, fc="tab:red", alpha=0.07, ec="tab:red", ls=":"))
+            ax.annotate(f"target: >= {share:.0%} of full at <= {budget}% FLOPs", (1, share * full),
+                        fontsize=7, xytext=(0, dy), textcoords="offset points", color="tab:red")
+    ys = [p[1] for p in pts] + [float(p.split(":")[-1]) for p in args.point]
+    ax.set_ylim(min(ys) - 0.03, max(ys) + 0.03)
+    ax.set_xlim(0, 103)
     colors = ["tab:green", "tab:red", "tab:purple", "tab:gray"]
     for i, ref in enumerate(args.ref):
         name, value = ref.split("=")
