@@ -4,8 +4,9 @@
 //! - decoders: the Matryoshka paper's template `<bos>A: {query}\nB: {passage}\n{prompt}`,
 //!   each piece tokenized without special tokens; score at the last token.
 //!
-//! Truncation keeps the total within `max_length`: the query is capped at 3/4 of the
-//! room left by the template, and the passage takes what remains (so it is cut first).
+//! Truncation keeps the total within `max_length` (for `bert`, never beyond the position
+//! table): the query is capped at 3/4 of the room left by the template, and the passage
+//! takes what remains (so it is cut first).
 //! The passage span is what width merging may compress; for decoders it is the
 //! `B: {passage}` piece, as in the paper's code.
 
@@ -142,6 +143,13 @@ impl PairEncoder {
                 },
                 c.pad_token_id.unwrap_or(0),
             ),
+        };
+        // An absolute position table bounds the sequence: longer pairs would index past
+        // it (ONNX Runtime fails the whole batch, candle refuses it). Truncate to the
+        // table instead, as the model's own tokenizer config would.
+        let max_length = match config {
+            ModelConfig::Bert(c) => max_length.min(c.max_position_embeddings),
+            ModelConfig::Llama(_) | ModelConfig::Gemma2(_) => max_length, // rotary positions
         };
         let encoder = PairEncoder {
             tokenizer,

@@ -114,6 +114,19 @@ fn truncation_cuts_the_passage_first_and_caps_the_query() {
     assert_eq!(capped.passage.len, 10);
 }
 
+/// A max length past the position table truncates to the table (tiny-bert has 64
+/// positions) instead of producing pairs the model cannot embed.
+#[test]
+fn max_length_never_exceeds_the_position_table() {
+    let ck = Checkpoint::open(fixture("tiny-bert")).unwrap();
+    let enc = PairEncoder::new(&ck, 256).unwrap();
+    assert_eq!(enc.max_length, 64);
+    let long = "tok40 ".repeat(200);
+    let p = enc.encode("tok41 tok42", &long, None).unwrap();
+    assert_eq!(p.len(), 64);
+    assert!(p.truncated);
+}
+
 #[test]
 fn decoder_template_spans_and_scoring_position() {
     for family in ["tiny-llama", "tiny-mistral", "tiny-qwen2", "tiny-gemma2"] {
