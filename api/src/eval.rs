@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use candle_core::Device;
 use models::{Configuration, Precision, SubStructure, SubStructureSpace};
+use trainer::adapters::Adapters;
 use trainer::data::{read_candidates, Qrels};
 use trainer::eval::{evaluate, evaluate_baseline, Baseline};
 use trainer::reranker::Reranker;
@@ -107,8 +108,62 @@ pub fn candle_configs(configs: &[Configuration], num_layers: usize) -> Result<Ve
         .collect()
 }
 
+/// The inference-time changes `mrank eval`'s flags make to a model's adapters, the same
+/// for both engines. `trained`: the adapters come from a file (not the base's unit heads).
+fn apply_adapter_flags(
+    adapters: &mut Adapters,
+    args: &EvalArgs,
+    name: &str,
+    trained: bool,
+) -> Result<()> {
+    if let Some(mode) = &args.merge_mode {
+        let parsed = trainer::adapters::parse_merge_mode(mode)
+            .with_context(|| format!("--merge-mode {mode}: use attention, uniform or idf"))?;
+        if parsed == trainer::MergeMode::Idf && adapters.heads.query_idf.is_none() {
+            anyhow::bail!(
+                "--merge-mode idf: {name} has no idf table (it was trained with \
+                 model.query_weights = \"uniform\")"
+            );
+        }
+        adapters.meta.merge_mode = mode.clone();
+    }
+    if let Some(beta) = args.merge_idf_power {
+        if !(beta.is_finite() && beta >= 0.0) {
+            anyhow::bail!("--merge-idf-power {beta}: must be a number ≥ 0");
+        }
+        let idf =
+            adapters.heads.query_idf.as_mut().with_context(|| {
+                format!("--merge-idf-power: {name} has no idf table to merge by")
+            })?;
+        idf.merge_power = beta;
+    }
+    if let Some(kind) = &args.readout {
+        let readout = trainer::Readout::parse(kind)
+            .filter(|r| r.reads_spans())
+            .with_context(|| format!("--readout {kind}: use span-product or max-sim"))?;
+        if trained {
+            anyhow::bail!(
+                "--readout {kind}: {name} has trained heads for readout {}; --readout applies \
+                 to an untrained base only",
+                adapters.meta.readout
+            );
+        }
+        adapters.heads.readout = readout;
+        adapters.meta.readout = readout.name().into();
+    }
+    if args.isolate_segments {
+        // The candle engine also isolates its backbone and encoder; an export reads this.
+        adapters.meta.isolate_segments = true;
+        adapters.meta.merge_mode = "uniform".into();
+    }
+    if args.without_compensation {
+        adapters.sets.retain(|name, _| name == "sd");
+    }
+    Ok(())
+}
+
 pub fn run(args: EvalArgs) -> Result<()> {
-    let (base, adapters, name) = resolve(&args.model)?;
+    let (base, adapters_path, name) = resolve(&args.model)?;
     let queries = read_candidates(&args.data)?;
     let qrels = Qrels::read(&args.qrels)?;
     let unknown = qrels.unknown_queries(&queries);
@@ -119,103 +174,76 @@ pub fn run(args: EvalArgs) -> Result<()> {
             args.data.display()
         );
     }
-    let mut reranker = Reranker::load(
-        &base,
-        adapters.as_deref(),
-        args.model.max_length,
-        &Device::Cpu,
-    )
-    .with_context(|| format!("cannot load model {name}"))?;
-    if let Some(mode) = &args.merge_mode {
-        let parsed = trainer::adapters::parse_merge_mode(mode)
-            .with_context(|| format!("--merge-mode {mode}: use attention, uniform or idf"))?;
-        if parsed == trainer::MergeMode::Idf && reranker.adapters.heads.query_idf.is_none() {
-            anyhow::bail!(
-                "--merge-mode idf: {name} has no idf table (it was trained with \
-                 model.query_weights = \"uniform\")"
-            );
+    let trained = adapters_path.is_some();
+    let results = match (args.baseline.as_deref(), args.engine.as_str()) {
+        // ONNX Runtime needs only the adapters: the candle model is never loaded (for a
+        // decoder family that would double the memory of the run).
+        (None, "onnx") => {
+            let checkpoint = models::Checkpoint::open(&base)
+                .with_context(|| format!("cannot load model {name}"))?;
+            let mut adapters = export::load_adapters(&checkpoint, adapters_path.as_deref())
+                .with_context(|| format!("cannot load model {name}"))?;
+            apply_adapter_flags(&mut adapters, &args, &name, trained)?;
+            let layers = checkpoint.config.dimensions().num_layers;
+            let min_depth = adapters.heads.min_depth().unwrap_or(1);
+            evaluate_onnx(
+                &base,
+                &adapters,
+                select_configs(&args.configs, layers, min_depth)?,
+                &queries,
+                &qrels,
+                args.model.max_length,
+                args.threads,
+                args.batch_tokens,
+                !args.json,
+            )?
         }
-        reranker.adapters.meta.merge_mode = mode.clone();
-    }
-    if let Some(beta) = args.merge_idf_power {
-        if !(beta.is_finite() && beta >= 0.0) {
-            anyhow::bail!("--merge-idf-power {beta}: must be a number ≥ 0");
-        }
-        let idf = reranker
-            .adapters
-            .heads
-            .query_idf
-            .as_mut()
-            .with_context(|| format!("--merge-idf-power: {name} has no idf table to merge by"))?;
-        idf.merge_power = beta;
-    }
-    if let Some(kind) = &args.readout {
-        let readout = trainer::Readout::parse(kind)
-            .filter(|r| r.reads_spans())
-            .with_context(|| format!("--readout {kind}: use span-product or max-sim"))?;
-        if adapters.is_some() {
-            anyhow::bail!(
-                "--readout {kind}: {name} has trained heads for readout {}; --readout applies \
-                 to an untrained base only",
-                reranker.adapters.meta.readout
-            );
-        }
-        reranker.adapters.heads.readout = readout;
-        reranker.adapters.meta.readout = readout.name().into();
-    }
-    if args.isolate_segments {
-        reranker
-            .backbone
-            .isolate_segments(true)
-            .with_context(|| format!("--isolate-segments on {name}"))?;
-        reranker
-            .encoder
-            .set_isolated_segments(true)
-            .with_context(|| format!("--isolate-segments on {name}"))?;
-        reranker.adapters.meta.isolate_segments = true;
-        reranker.adapters.meta.merge_mode = "uniform".into();
-    }
-    if args.without_compensation {
-        reranker.adapters.sets.retain(|name, _| name == "sd");
-    }
-    let results = match args.baseline.as_deref() {
-        None => {
-            let configs =
-                select_configs(&args.configs, reranker.num_layers(), reranker.min_depth())?;
-            let layers = reranker.num_layers();
-            match args.engine.as_str() {
-                "candle" => evaluate(
-                    &mut reranker,
-                    &queries,
-                    &qrels,
-                    &candle_configs(&configs, layers)?,
-                    args.batch_tokens,
-                    !args.json,
-                )?,
-                "onnx" => evaluate_onnx(
-                    &base,
-                    &reranker.adapters,
-                    configs,
-                    &queries,
-                    &qrels,
-                    args.model.max_length,
-                    args.threads,
-                    args.batch_tokens,
-                    !args.json,
-                )?,
-                other => anyhow::bail!("--engine {other}: use candle or onnx"),
+        (None, "candle") | (Some(_), _) => {
+            let mut reranker = Reranker::load(
+                &base,
+                adapters_path.as_deref(),
+                args.model.max_length,
+                &Device::Cpu,
+            )
+            .with_context(|| format!("cannot load model {name}"))?;
+            apply_adapter_flags(&mut reranker.adapters, &args, &name, trained)?;
+            if args.isolate_segments {
+                reranker
+                    .backbone
+                    .isolate_segments(true)
+                    .with_context(|| format!("--isolate-segments on {name}"))?;
+                reranker
+                    .encoder
+                    .set_isolated_segments(true)
+                    .with_context(|| format!("--isolate-segments on {name}"))?;
+            }
+            match args.baseline.as_deref() {
+                None => {
+                    let configs =
+                        select_configs(&args.configs, reranker.num_layers(), reranker.min_depth())?;
+                    let layers = reranker.num_layers();
+                    evaluate(
+                        &mut reranker,
+                        &queries,
+                        &qrels,
+                        &candle_configs(&configs, layers)?,
+                        args.batch_tokens,
+                        !args.json,
+                    )?
+                }
+                Some(kind) => {
+                    let baseline = match kind {
+                        "bm25" => Baseline::Bm25,
+                        "bi-encoder" => Baseline::BiEncoder,
+                        other => anyhow::bail!("--baseline {other}: use bm25 or bi-encoder"),
+                    };
+                    vec![evaluate_baseline(
+                        baseline, &reranker, &queries, &qrels, !args.json,
+                    )?]
+                }
             }
         }
-        Some(kind) => {
-            let baseline = match kind {
-                "bm25" => Baseline::Bm25,
-                "bi-encoder" => Baseline::BiEncoder,
-                other => anyhow::bail!("--baseline {other}: use bm25 or bi-encoder"),
-            };
-            vec![evaluate_baseline(
-                baseline, &reranker, &queries, &qrels, !args.json,
-            )?]
-        }
+        (None, other) => anyhow::bail!("--engine {other}: use candle or onnx"),
     };
     if args.json {
         let out = serde_json::json!({ "model": name, "configs": results });

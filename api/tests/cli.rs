@@ -171,25 +171,45 @@ fn eval_readout_applies_to_an_untrained_base_only() {
     let model = repo().join("fixtures/tiny-bert");
     let eval = |extra: &[&str]| eval_json(&data, &qrels, "full", extra);
     let tiny = model.to_str().unwrap();
-    let (ok, stdout, stderr) = eval(&[
-        "--model",
-        tiny,
-        "--readout",
-        "max-sim",
-        "--isolate-segments",
-    ]);
-    assert!(ok, "{stderr}");
-    let value: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
-    assert_eq!(value["configs"].as_array().unwrap().len(), 1);
+    // Both engines apply the flags (ONNX Runtime from the adapters alone, without the
+    // candle model): the same metrics, and not those of the plain base.
+    let metrics = |extra: &[&str]| {
+        let (ok, stdout, stderr) = eval(&[&["--model", tiny], extra].concat());
+        assert!(ok, "{extra:?}: {stderr}");
+        let value: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+        assert_eq!(value["configs"].as_array().unwrap().len(), 1);
+        let row = &value["configs"][0];
+        [
+            row["ndcg@10"].as_f64().unwrap(),
+            row["mrr@10"].as_f64().unwrap(),
+        ]
+    };
+    let flags = ["--readout", "max-sim", "--isolate-segments", "--engine"];
+    let candle = metrics(&[&flags[..], &["candle"]].concat());
+    let onnx = metrics(&[&flags[..], &["onnx"]].concat());
+    assert!(
+        candle.iter().zip(&onnx).all(|(a, b)| (a - b).abs() < 1e-9),
+        "candle {candle:?}, onnx {onnx:?}"
+    );
+    assert_ne!(
+        onnx,
+        metrics(&["--engine", "onnx"]),
+        "the flags changed nothing"
+    );
     let (ok, _, stderr) = eval(&["--model", tiny, "--readout", "mean"]);
     assert!(
         !ok && stderr.contains("use span-product or max-sim"),
         "{stderr}"
     );
     // The embedded default's heads were trained for its own readout.
-    let (ok, _, stderr) = eval(&["--readout", "span-product"]);
-    assert!(!ok && stderr.contains("untrained base only"), "{stderr}");
-    assert!(!stderr.contains("panicked"), "{stderr}");
+    for engine in ["candle", "onnx"] {
+        let (ok, _, stderr) = eval(&["--readout", "span-product", "--engine", engine]);
+        assert!(
+            !ok && stderr.contains("untrained base only"),
+            "{engine}: {stderr}"
+        );
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
 }
 
 #[test]

@@ -56,27 +56,11 @@ pub fn graph_family(config: &ModelConfig) -> Result<Box<dyn GraphFamily>> {
 
 /// Loads adapters for a checkpoint (or the untrained heads), refusing another model's.
 pub fn load_adapters(checkpoint: &Checkpoint, adapters: Option<&Path>) -> Result<Adapters> {
-    let dims = checkpoint.config.dimensions();
-    let architecture = checkpoint.config.variant_name().to_string();
-    let device = candle_core::Device::Cpu;
-    Ok(match adapters {
-        Some(path) => {
-            let a = Adapters::load(path, &device)?;
-            a.check_base(&architecture, &dims, path)?;
-            a
-        }
-        None => {
-            let space = models::SubStructureSpace::default_for(dims.num_layers);
-            Adapters::untrained(
-                &architecture,
-                &dims,
-                space.min_depth,
-                trainer::Readout::SpanProduct,
-                1.0,
-                &device,
-            )?
-        }
-    })
+    Ok(Adapters::for_base(
+        checkpoint,
+        adapters,
+        &candle_core::Device::Cpu,
+    )?)
 }
 
 fn io_err(path: &Path) -> impl Fn(std::io::Error) -> ExportError + '_ {

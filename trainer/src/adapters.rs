@@ -119,6 +119,36 @@ impl Adapters {
         })
     }
 
+    /// The adapters a model runs with: the file at `path`, checked against the base, or
+    /// without one the base's untrained unit heads (span-product readout) over its
+    /// default sub-structure space.
+    pub fn for_base(
+        checkpoint: &models::Checkpoint,
+        path: Option<&Path>,
+        device: &Device,
+    ) -> Result<Self> {
+        let dims = checkpoint.config.dimensions();
+        let architecture = checkpoint.config.variant_name();
+        match path {
+            Some(path) => {
+                let a = Adapters::load(path, device)?;
+                a.check_base(architecture, &dims, path)?;
+                Ok(a)
+            }
+            None => {
+                let space = models::SubStructureSpace::default_for(dims.num_layers);
+                Adapters::untrained(
+                    architecture,
+                    &dims,
+                    space.min_depth,
+                    Readout::SpanProduct,
+                    1.0,
+                    device,
+                )
+            }
+        }
+    }
+
     pub fn merge_mode(&self) -> MergeMode {
         parse_merge_mode(&self.meta.merge_mode).unwrap_or_default()
     }

@@ -37,24 +37,7 @@ impl Reranker {
         let mut backbone = load_backbone(&checkpoint, device)?;
         let dims = checkpoint.config.dimensions();
         let architecture = checkpoint.config.variant_name().to_string();
-        let adapters = match adapters {
-            Some(path) => {
-                let a = Adapters::load(path, device)?;
-                a.check_base(&architecture, &dims, path)?;
-                a
-            }
-            None => {
-                let space = models::SubStructureSpace::default_for(dims.num_layers);
-                Adapters::untrained(
-                    &architecture,
-                    &dims,
-                    space.min_depth,
-                    crate::forward::Readout::SpanProduct,
-                    1.0,
-                    device,
-                )?
-            }
-        };
+        let adapters = Adapters::for_base(&checkpoint, adapters, device)?;
         backbone.isolate_segments(adapters.meta.isolate_segments)?;
         adapters.merge_set_into("sd", backbone.as_mut())?;
         let encoder = PairEncoder::new(&checkpoint, max_length)?
