@@ -209,11 +209,6 @@ pub fn run(args: EvalArgs) -> Result<()> {
             apply_adapter_flags(&mut reranker.adapters, &args, &name, trained)?;
             if args.isolate_segments {
                 reranker
-                    .backbone
-                    .isolate_segments(true)
-                    .with_context(|| format!("--isolate-segments on {name}"))?;
-                reranker
-                    .encoder
                     .set_isolated_segments(true)
                     .with_context(|| format!("--isolate-segments on {name}"))?;
             }

@@ -38,18 +38,23 @@ impl Reranker {
         let dims = checkpoint.config.dimensions();
         let architecture = checkpoint.config.variant_name().to_string();
         let adapters = Adapters::for_base(&checkpoint, adapters, device)?;
-        backbone.isolate_segments(adapters.meta.isolate_segments)?;
         adapters.merge_set_into("sd", backbone.as_mut())?;
-        let encoder = PairEncoder::new(&checkpoint, max_length)?
-            .with_isolated_segments(adapters.meta.isolate_segments)?;
-        Ok(Self::from_parts(
-            backbone,
-            dims,
-            adapters,
-            encoder,
-            architecture,
-            device,
-        ))
+        let encoder = PairEncoder::new(&checkpoint, max_length)?;
+        let isolated = adapters.meta.isolate_segments;
+        let mut reranker =
+            Self::from_parts(backbone, dims, adapters, encoder, architecture, device);
+        reranker.set_isolated_segments(isolated)?;
+        Ok(reranker)
+    }
+
+    /// Encodes query and passage as isolated segments (or joined), in the three places
+    /// that must agree: the backbone's attention, the pair encoder's layout and the
+    /// adapters' header (which an export reads).
+    pub fn set_isolated_segments(&mut self, on: bool) -> Result<()> {
+        self.backbone.isolate_segments(on)?;
+        self.encoder.set_isolated_segments(on)?;
+        self.adapters.meta.isolate_segments = on;
+        Ok(())
     }
 
     pub fn from_parts(
