@@ -2,13 +2,11 @@
 //! configuration and, given judged data, dev nDCG@10 and MRR@10, both through ONNX
 //! Runtime (what serving runs).
 
-use std::io::Write;
 use std::time::Instant;
 
 use models::{EncodedPair, PaddedBatch, Runtime};
 use trainer::data::{Qrels, QueryCandidates};
-use trainer::eval::ConfigQuality;
-use trainer::metrics::{mrr_at_k, ndcg_at_k, rank_by_score};
+use trainer::eval::{mean_metrics, ConfigQuality};
 
 use crate::error::Result;
 
@@ -95,53 +93,23 @@ pub fn evaluate_runtime(
     token_budget: usize,
     progress: bool,
 ) -> Result<Vec<ConfigQuality>> {
-    let judged: Vec<&QueryCandidates> = queries
-        .iter()
-        .filter(|q| qrels.by_query.contains_key(&q.qid))
-        .collect();
-    let mut ndcg = vec![0.0; ids.len()];
-    let mut mrr = vec![0.0; ids.len()];
-    let start = Instant::now();
-    let mut done = 0usize;
-    for (qi, q) in judged.iter().enumerate() {
-        let judgments = &qrels.by_query[&q.qid];
+    let metrics = mean_metrics(queries, qrels, ids.len(), "eval (onnx)", progress, |q| {
         let pairs = q
             .candidates
             .iter()
             .map(|c| runtime.encoder.encode(&q.query, &c.text, None))
             .collect::<models::Result<Vec<_>>>()?;
-        let docids: Vec<&str> = q.candidates.iter().map(|c| c.docid.as_str()).collect();
-        for (i, id) in ids.iter().enumerate() {
-            let scores = runtime.score_pairs(id, &pairs, token_budget)?;
-            let ranking = rank_by_score(&docids, &scores);
-            ndcg[i] += ndcg_at_k(&ranking, judgments, 10);
-            mrr[i] += mrr_at_k(&ranking, judgments, 10, 2);
-            done += pairs.len();
-        }
-        if progress {
-            let secs = start.elapsed().as_secs_f64();
-            eprint!(
-                "\reval (onnx): query {}/{} · {} configs · {:.0} pairs/s · {:.0}s   ",
-                qi + 1,
-                judged.len(),
-                ids.len(),
-                done as f64 / secs.max(1e-9),
-                secs
-            );
-            let _ = std::io::stderr().flush();
-        }
-    }
-    if progress {
-        eprintln!();
-    }
-    let n = judged.len().max(1) as f64;
+        ids.iter()
+            .map(|id| Ok(runtime.score_pairs(id, &pairs, token_budget)?))
+            .collect::<Result<Vec<_>>>()
+    })?;
     Ok(ids
         .iter()
-        .enumerate()
-        .map(|(i, id)| ConfigQuality {
+        .zip(metrics)
+        .map(|(id, (ndcg10, mrr10))| ConfigQuality {
             id: id.clone(),
-            ndcg10: ndcg[i] / n,
-            mrr10: mrr[i] / n,
+            ndcg10,
+            mrr10,
             flops_ratio: runtime
                 .config(id)
                 .map(|c| c.entry.flops_ratio)

@@ -23,6 +23,55 @@ pub struct ConfigQuality {
     pub flops_ratio: f64,
 }
 
+/// Mean nDCG@10 and MRR@10 (grade ≥ 2 relevant) of `scorers` scorers over the queries
+/// `qrels` judges (the others are skipped): `score` returns, for one query, one score
+/// per candidate for each scorer. The loop every evaluator shares (the candle forward,
+/// ONNX Runtime, the baselines); progress on stderr under `label`.
+pub fn mean_metrics<E>(
+    queries: &[QueryCandidates],
+    qrels: &Qrels,
+    scorers: usize,
+    label: &str,
+    progress: bool,
+    mut score: impl FnMut(&QueryCandidates) -> std::result::Result<Vec<Vec<f32>>, E>,
+) -> std::result::Result<Vec<(f64, f64)>, E> {
+    let judged: Vec<&QueryCandidates> = queries
+        .iter()
+        .filter(|q| qrels.by_query.contains_key(&q.qid))
+        .collect();
+    let mut sums = vec![(0.0, 0.0); scorers];
+    let start = std::time::Instant::now();
+    let mut pairs_done = 0usize;
+    for (qi, q) in judged.iter().enumerate() {
+        let judgments = &qrels.by_query[&q.qid];
+        let docids: Vec<&str> = q.candidates.iter().map(|c| c.docid.as_str()).collect();
+        let scores = score(q)?;
+        debug_assert_eq!(scores.len(), scorers);
+        for (sum, scores) in sums.iter_mut().zip(&scores) {
+            let ranking = rank_by_score(&docids, scores);
+            sum.0 += ndcg_at_k(&ranking, judgments, 10);
+            sum.1 += mrr_at_k(&ranking, judgments, 10, 2);
+        }
+        pairs_done += scorers * docids.len();
+        if progress {
+            let secs = start.elapsed().as_secs_f64();
+            eprint!(
+                "\r{label}: query {}/{} · {scorers} configs · {:.0} pairs/s · {:.0}s   ",
+                qi + 1,
+                judged.len(),
+                pairs_done as f64 / secs.max(1e-9),
+                secs
+            );
+            let _ = std::io::stderr().flush();
+        }
+    }
+    if progress {
+        eprintln!();
+    }
+    let n = judged.len().max(1) as f64;
+    Ok(sums.into_iter().map(|(a, b)| (a / n, b / n)).collect())
+}
+
 /// Groups sub-structures that one forward pass can score together.
 fn pass_groups(reranker: &Reranker, subs: &[SubStructure]) -> Vec<(SubStructure, Vec<usize>)> {
     let mut groups: BTreeMap<(usize, Vec<usize>, Vec<String>), Vec<usize>> = BTreeMap::new();
@@ -59,59 +108,32 @@ pub fn evaluate(
     token_budget: usize,
     progress: bool,
 ) -> Result<Vec<ConfigQuality>> {
-    let judged: Vec<&QueryCandidates> = queries
-        .iter()
-        .filter(|q| qrels.by_query.contains_key(&q.qid))
-        .collect();
     let groups = pass_groups(reranker, subs);
-    let mut ndcg = vec![0.0; subs.len()];
-    let mut mrr = vec![0.0; subs.len()];
-    let start = std::time::Instant::now();
-    let mut pairs_done = 0usize;
-    for (qi, q) in judged.iter().enumerate() {
-        let judgments = &qrels.by_query[&q.qid];
+    let metrics = mean_metrics(queries, qrels, subs.len(), "eval", progress, |q| {
         let pairs = q
             .candidates
             .iter()
             .map(|c| reranker.encoder.encode(&q.query, &c.text, None))
             .collect::<models::Result<Vec<_>>>()?;
-        let docids: Vec<&str> = q.candidates.iter().map(|c| c.docid.as_str()).collect();
+        let mut scores = vec![Vec::new(); subs.len()];
         for (sub, members) in &groups {
-            let by_depth = reranker.score_pairs_all_depths(&pairs, sub, token_budget)?;
+            let mut by_depth = reranker.score_pairs_all_depths(&pairs, sub, token_budget)?;
             for &i in members {
-                let ranking = rank_by_score(&docids, &by_depth[&subs[i].depth]);
-                ndcg[i] += ndcg_at_k(&ranking, judgments, 10);
-                mrr[i] += mrr_at_k(&ranking, judgments, 10, 2);
+                scores[i] = by_depth.remove(&subs[i].depth).unwrap_or_default();
             }
-            pairs_done += pairs.len();
         }
-        if progress {
-            let secs = start.elapsed().as_secs_f64();
-            eprint!(
-                "\reval: query {}/{} · {} passes · {:.0} pairs/s · {:.0}s   ",
-                qi + 1,
-                judged.len(),
-                groups.len(),
-                pairs_done as f64 / secs.max(1e-9),
-                secs
-            );
-            let _ = std::io::stderr().flush();
-        }
-    }
-    if progress {
-        eprintln!();
-    }
+        Ok::<_, crate::error::TrainerError>(scores)
+    })?;
     let dims = reranker.backbone_dims();
     let lengths = reranker.encoder.reference_lengths();
     let full = pair_flops(&dims, lengths, &SubStructure::full(dims.num_layers));
-    let n = judged.len().max(1) as f64;
     Ok(subs
         .iter()
-        .enumerate()
-        .map(|(i, s)| ConfigQuality {
+        .zip(metrics)
+        .map(|(s, (ndcg10, mrr10))| ConfigQuality {
             id: s.id(dims.num_layers),
-            ndcg10: ndcg[i] / n,
-            mrr10: mrr[i] / n,
+            ndcg10,
+            mrr10,
             flops_ratio: pair_flops(&dims, lengths, s) / full,
         })
         .collect())
@@ -135,15 +157,7 @@ pub fn evaluate_baseline(
     qrels: &Qrels,
     progress: bool,
 ) -> Result<ConfigQuality> {
-    let judged: Vec<&QueryCandidates> = queries
-        .iter()
-        .filter(|q| qrels.by_query.contains_key(&q.qid))
-        .collect();
-    let (mut ndcg, mut mrr) = (0.0, 0.0);
-    let start = std::time::Instant::now();
-    for (qi, q) in judged.iter().enumerate() {
-        let judgments = &qrels.by_query[&q.qid];
-        let docids: Vec<&str> = q.candidates.iter().map(|c| c.docid.as_str()).collect();
+    let metrics = mean_metrics(queries, qrels, 1, "baseline", progress, |q| {
         let scores: Vec<f32> = match baseline {
             Baseline::Bm25 => q
                 .candidates
@@ -162,31 +176,61 @@ pub fn evaluate_baseline(
                 )?
             }
         };
-        let ranking = rank_by_score(&docids, &scores);
-        ndcg += ndcg_at_k(&ranking, judgments, 10);
-        mrr += mrr_at_k(&ranking, judgments, 10, 2);
-        if progress {
-            eprint!(
-                "\rbaseline: query {}/{} · {:.0}s   ",
-                qi + 1,
-                judged.len(),
-                start.elapsed().as_secs_f64()
-            );
-            let _ = std::io::stderr().flush();
-        }
-    }
-    if progress {
-        eprintln!();
-    }
-    let n = judged.len().max(1) as f64;
+        Ok::<_, crate::error::TrainerError>(vec![scores])
+    })?;
+    let (ndcg10, mrr10) = metrics[0];
     let id = match baseline {
         Baseline::Bm25 => "bm25",
         Baseline::BiEncoder => "bi-encoder-cosine",
     };
     Ok(ConfigQuality {
         id: id.into(),
-        ndcg10: ndcg / n,
-        mrr10: mrr / n,
+        ndcg10,
+        mrr10,
         flops_ratio: f64::NAN,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::Candidate;
+
+    fn query(qid: &str, docids: &[&str]) -> QueryCandidates {
+        QueryCandidates {
+            qid: qid.into(),
+            query: "q".into(),
+            candidates: docids
+                .iter()
+                .map(|d| Candidate {
+                    docid: d.to_string(),
+                    text: String::new(),
+                    bm25_rank: None,
+                    bm25_score: None,
+                })
+                .collect(),
+        }
+    }
+
+    /// Two scorers over one judged and one unjudged query: the unjudged one is never
+    /// scored, the right order gets 1.0, the reversed order the hand-computed values.
+    #[test]
+    fn mean_metrics_averages_over_judged_queries_only() {
+        let queries = vec![query("a", &["d1", "d2", "d3"]), query("b", &["x"])];
+        let mut qrels = Qrels::default();
+        qrels
+            .by_query
+            .insert("a".into(), [("d1".to_string(), 2u32)].into_iter().collect());
+        let mut scored = Vec::new();
+        let metrics = mean_metrics(&queries, &qrels, 2, "test", false, |q| {
+            scored.push(q.qid.clone());
+            Ok::<_, ()>(vec![vec![3.0, 2.0, 1.0], vec![1.0, 2.0, 3.0]])
+        })
+        .unwrap();
+        assert_eq!(scored, ["a"]);
+        assert_eq!(metrics[0], (1.0, 1.0));
+        // d1 at rank 3: DCG = (2^2 - 1) / log2(4), ideal (2^2 - 1) / log2(2); MRR 1/3.
+        assert!((metrics[1].0 - 0.5).abs() < 1e-12, "{:?}", metrics[1]);
+        assert!((metrics[1].1 - 1.0 / 3.0).abs() < 1e-12, "{:?}", metrics[1]);
+    }
 }
