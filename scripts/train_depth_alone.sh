@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# The ceiling of one depth exit: the embedded default's recipe on the base cut to its
+# One depth exit trained alone: the embedded default's recipe on the base cut to its
 # first N layers, so every trained parameter serves depth N alone (no deeper layer to
-# share the LoRA with, no width sampling). docs/QUALITY.md "The ceiling of a cheap
-# depth" compares it with the Matryoshka model's own exit at N.
+# share the LoRA with, no width sampling). docs/QUALITY.md "Each cheap depth trained
+# alone" compares it with the Matryoshka model's own exit at N.
 #
 # Usage: scripts/train_depth_alone.sh N [TEACHER.safetensors]
 #   N: layers kept (2..5 for all-MiniLM-L6-v2).

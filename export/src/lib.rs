@@ -30,7 +30,7 @@ pub const SHARED_WEIGHTS_FILE: &str = "weights.bin";
 
 /// Bumped whenever graphs change for the same inputs, so cached exports (the embedded
 /// default's) are rebuilt.
-pub const EXPORTER_REVISION: u32 = 5;
+pub const EXPORTER_REVISION: u32 = 6;
 
 /// What to export.
 pub struct ExportRequest<'a> {
