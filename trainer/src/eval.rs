@@ -117,9 +117,10 @@ pub fn evaluate(
             .collect::<models::Result<Vec<_>>>()?;
         let mut scores = vec![Vec::new(); subs.len()];
         for (sub, members) in &groups {
-            let mut by_depth = reranker.score_pairs_all_depths(&pairs, sub, token_budget)?;
+            let by_depth = reranker.score_pairs_all_depths(&pairs, sub, token_budget)?;
             for &i in members {
-                scores[i] = by_depth.remove(&subs[i].depth).unwrap_or_default();
+                // Indexed, not taken: an id listed twice reads the same depth twice.
+                scores[i] = by_depth[&subs[i].depth].clone();
             }
         }
         Ok::<_, crate::error::TrainerError>(scores)
