@@ -187,6 +187,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
             let layers = checkpoint.config.dimensions().num_layers;
             let min_depth = adapters.heads.min_depth().unwrap_or(1);
             evaluate_onnx(
+                &checkpoint,
                 &base,
                 &adapters,
                 select_configs(&args.configs, layers, min_depth)?,
@@ -272,9 +273,11 @@ pub fn run(args: EvalArgs) -> Result<()> {
 }
 
 /// `--engine onnx`: `adapters` (with any `--merge-mode` or `--without-compensation`
-/// change applied) exported to a temporary directory and scored by ONNX Runtime.
+/// change applied) exported to a temporary directory and scored by ONNX Runtime;
+/// `checkpoint` is `base` already opened by the caller.
 #[allow(clippy::too_many_arguments)]
 pub fn evaluate_onnx(
+    checkpoint: &models::Checkpoint,
     base: &std::path::Path,
     adapters: &trainer::adapters::Adapters,
     configs: Vec<Configuration>,
@@ -285,7 +288,6 @@ pub fn evaluate_onnx(
     batch_tokens: usize,
     progress: bool,
 ) -> Result<Vec<trainer::eval::ConfigQuality>> {
-    let checkpoint = models::Checkpoint::open(base)?;
     let layers = checkpoint.config.dimensions().num_layers;
     let dir = tempfile::tempdir().context("cannot create a temporary export directory")?;
     let ids: Vec<String> = configs.iter().map(|c| c.id(layers)).collect();
@@ -293,7 +295,7 @@ pub fn evaluate_onnx(
         eprintln!("exporting {} configurations for ONNX Runtime", ids.len());
     }
     export::export_with(
-        &checkpoint,
+        checkpoint,
         adapters,
         &export::ExportRequest {
             model_dir: base,

@@ -151,7 +151,10 @@ fn write_eval(
     // Through ONNX Runtime when its library is set up (what serving runs, and several
     // times faster), else the candle forward.
     let results = if models::runtime::init_onnxruntime(cfg.run.threads).is_ok() {
+        let checkpoint = models::Checkpoint::open(base)
+            .with_context(|| format!("cannot open {} to export it", base.display()))?;
         crate::eval::evaluate_onnx(
+            &checkpoint,
             base,
             &reranker.adapters,
             configs,

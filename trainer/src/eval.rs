@@ -46,7 +46,8 @@ pub fn mean_metrics<E>(
         let judgments = &qrels.by_query[&q.qid];
         let docids: Vec<&str> = q.candidates.iter().map(|c| c.docid.as_str()).collect();
         let scores = score(q)?;
-        debug_assert_eq!(scores.len(), scorers);
+        // A scorer that returned fewer lists would be cut short by `zip` below.
+        assert_eq!(scores.len(), scorers, "one score list per scorer");
         for (sum, scores) in sums.iter_mut().zip(&scores) {
             let ranking = rank_by_score(&docids, scores);
             sum.0 += ndcg_at_k(&ranking, judgments, 10);
