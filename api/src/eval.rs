@@ -28,8 +28,14 @@ pub struct EvalArgs {
     /// Print exactly one JSON object instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// With `--json`: each configuration also lists every judged query's nDCG@10 and
+    /// MRR@10 under `per_query` (as `trec_eval -q`), for paired comparisons
+    /// (`scripts/compare_quality.py`).
+    #[arg(long, requires = "json")]
+    pub per_query: bool,
     /// Score with a reference instead of the re-ranker: `bm25` (the candidates' BM25
-    /// order) or `bi-encoder` (cosine of the base model's mean-pooled embeddings).
+    /// order) or `bi-encoder` (cosine of the base model's mean-pooled embeddings; a
+    /// trained model's adapters are not applied).
     #[arg(long)]
     pub baseline: Option<String>,
     /// Merge mode at inference (`attention`, `uniform` or `idf`); default: the adapters'
@@ -200,13 +206,16 @@ pub fn run(args: EvalArgs) -> Result<()> {
             )?
         }
         (None, "candle") | (Some(_), _) => {
-            let mut reranker = Reranker::load(
-                &base,
-                adapters_path.as_deref(),
-                args.model.max_length,
-                &Device::Cpu,
-            )
-            .with_context(|| format!("cannot load model {name}"))?;
+            // A baseline is a reference row of the base itself: a trained model's
+            // adapters (whose stage-1 deltas are merged into the weights at load) would
+            // make `bi-encoder` the cosine of fine-tuned weights instead.
+            let adapters = match args.baseline {
+                Some(_) => None,
+                None => adapters_path.as_deref(),
+            };
+            let mut reranker = Reranker::load(&base, adapters, args.model.max_length, &Device::Cpu)
+                .with_context(|| format!("cannot load model {name}"))?;
+            let trained = trained && adapters.is_some();
             apply_adapter_flags(&mut reranker.adapters, &args, &name, trained)?;
             if args.isolate_segments {
                 reranker
@@ -241,6 +250,12 @@ pub fn run(args: EvalArgs) -> Result<()> {
         }
         (None, other) => anyhow::bail!("--engine {other}: use candle or onnx"),
     };
+    let mut results = results;
+    if !args.per_query {
+        for r in &mut results {
+            r.per_query = None;
+        }
+    }
     if args.json {
         let out = serde_json::json!({ "model": name, "configs": results });
         println!("{out}");

@@ -132,7 +132,8 @@ pub fn run(args: TrainArgs) -> Result<()> {
     Ok(())
 }
 
-/// Evaluates the finished run on the dev data and writes eval.json and eval.md.
+/// Evaluates the finished run on the dev data and writes eval.json (each judged query's
+/// figures included, for `scripts/compare_quality.py`) and eval.md.
 fn write_eval(
     cfg: &TrainConfig,
     base: &Path,

@@ -20,20 +20,26 @@ fn mrank(args: &[&str]) -> (bool, String, String) {
     )
 }
 
-/// `mrank eval --data D --qrels Q --configs C --json` plus `extra` (a model, options).
-fn eval_json(data: &Path, qrels: &Path, configs: &str, extra: &[&str]) -> (bool, String, String) {
+/// `mrank eval --data D --qrels Q` plus `extra` (a model, options).
+fn eval(data: &Path, qrels: &Path, extra: &[&str]) -> (bool, String, String) {
     let mut args = vec![
         "eval",
         "--data",
         data.to_str().unwrap(),
         "--qrels",
         qrels.to_str().unwrap(),
-        "--configs",
-        configs,
-        "--json",
     ];
     args.extend_from_slice(extra);
     mrank(&args)
+}
+
+/// `mrank eval --data D --qrels Q --configs C --json` plus `extra`.
+fn eval_json(data: &Path, qrels: &Path, configs: &str, extra: &[&str]) -> (bool, String, String) {
+    eval(
+        data,
+        qrels,
+        &[&["--configs", configs, "--json"], extra].concat(),
+    )
 }
 
 #[test]
@@ -141,6 +147,48 @@ fn eval_json_interface() {
     }
     // The judged query 7 is not in the data: warned and counted.
     assert!(stderr.contains("1 judged queries are not in"), "{stderr}");
+    // Per-query figures only when asked for.
+    assert!(
+        configs.iter().all(|c| c.get("per_query").is_none()),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn eval_per_query_lists_each_judged_query_and_averages_to_the_mean() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, qrels) = tiny_data(dir.path());
+    let model = repo().join("fixtures/tiny-bert");
+    let (ok, stdout, stderr) = eval_json(
+        &data,
+        &qrels,
+        "full,d2",
+        &["--model", model.to_str().unwrap(), "--per-query"],
+    );
+    assert!(ok, "{stderr}");
+    let value: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    for c in value["configs"].as_array().unwrap() {
+        let per_query = c["per_query"].as_object().expect("per_query object");
+        // Queries 1 and 2 are judged and present; 7 is judged but not in the data.
+        let qids: Vec<&str> = per_query.keys().map(String::as_str).collect();
+        assert_eq!(qids, ["1", "2"], "{c}");
+        for metric in ["ndcg@10", "mrr@10"] {
+            let mean = per_query
+                .values()
+                .map(|q| q[metric].as_f64().unwrap())
+                .sum::<f64>()
+                / 2.0;
+            assert!((mean - c[metric].as_f64().unwrap()).abs() < 1e-12, "{c}");
+        }
+    }
+    // Without --json it is refused, naming the flag it needs.
+    let (ok, _, stderr) = eval(
+        &data,
+        &qrels,
+        &["--model", model.to_str().unwrap(), "--per-query"],
+    );
+    assert!(!ok);
+    assert!(stderr.contains("--json"), "{stderr}");
 }
 
 #[test]
@@ -151,15 +199,7 @@ fn eval_reports_a_malformed_line_with_file_and_line() {
     text.push_str("{not json\n");
     std::fs::write(&data, text).unwrap();
     let model = repo().join("fixtures/tiny-bert");
-    let (ok, _, stderr) = mrank(&[
-        "eval",
-        "--model",
-        model.to_str().unwrap(),
-        "--data",
-        data.to_str().unwrap(),
-        "--qrels",
-        qrels.to_str().unwrap(),
-    ]);
+    let (ok, _, stderr) = eval(&data, &qrels, &["--model", model.to_str().unwrap()]);
     assert!(!ok);
     assert!(stderr.contains("data.jsonl:3:"), "{stderr}");
 }
@@ -169,12 +209,12 @@ fn eval_readout_applies_to_an_untrained_base_only() {
     let dir = tempfile::tempdir().unwrap();
     let (data, qrels) = tiny_data(dir.path());
     let model = repo().join("fixtures/tiny-bert");
-    let eval = |extra: &[&str]| eval_json(&data, &qrels, "full", extra);
+    let eval_full = |extra: &[&str]| eval_json(&data, &qrels, "full", extra);
     let tiny = model.to_str().unwrap();
     // Both engines apply the flags (ONNX Runtime from the adapters alone, without the
     // candle model): the same metrics, and not those of the plain base.
     let metrics = |extra: &[&str]| {
-        let (ok, stdout, stderr) = eval(&[&["--model", tiny], extra].concat());
+        let (ok, stdout, stderr) = eval_full(&[&["--model", tiny], extra].concat());
         assert!(ok, "{extra:?}: {stderr}");
         let value: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
         assert_eq!(value["configs"].as_array().unwrap().len(), 1);
@@ -196,14 +236,14 @@ fn eval_readout_applies_to_an_untrained_base_only() {
         metrics(&["--engine", "onnx"]),
         "the flags changed nothing"
     );
-    let (ok, _, stderr) = eval(&["--model", tiny, "--readout", "mean"]);
+    let (ok, _, stderr) = eval_full(&["--model", tiny, "--readout", "mean"]);
     assert!(
         !ok && stderr.contains("use span-product or max-sim"),
         "{stderr}"
     );
     // The embedded default's heads were trained for its own readout.
     for engine in ["candle", "onnx"] {
-        let (ok, _, stderr) = eval(&["--readout", "span-product", "--engine", engine]);
+        let (ok, _, stderr) = eval_full(&["--readout", "span-product", "--engine", engine]);
         assert!(
             !ok && stderr.contains("untrained base only"),
             "{engine}: {stderr}"

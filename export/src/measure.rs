@@ -106,14 +106,12 @@ pub fn evaluate_runtime(
     Ok(ids
         .iter()
         .zip(metrics)
-        .map(|(id, (ndcg10, mrr10))| ConfigQuality {
-            id: id.clone(),
-            ndcg10,
-            mrr10,
-            flops_ratio: runtime
+        .map(|(id, m)| {
+            let flops_ratio = runtime
                 .config(id)
                 .map(|c| c.entry.flops_ratio)
-                .unwrap_or(f64::NAN),
+                .unwrap_or(f64::NAN);
+            m.into_quality(id.clone(), flops_ratio)
         })
         .collect())
 }

@@ -21,12 +21,47 @@ pub struct ConfigQuality {
     #[serde(rename = "mrr@10")]
     pub mrr10: f64,
     pub flops_ratio: f64,
+    /// Each judged query's metrics by query id (`mrank eval --per-query`, as
+    /// `trec_eval -q`): what a paired comparison of two models or configurations needs
+    /// (`scripts/compare_quality.py`). `None` when not asked for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub per_query: Option<BTreeMap<String, QueryQuality>>,
 }
 
-/// Mean nDCG@10 and MRR@10 (grade ≥ 2 relevant) of `scorers` scorers over the queries
-/// `qrels` judges (the others are skipped): `score` returns, for one query, one score
-/// per candidate for each scorer. The loop every evaluator shares (the candle forward,
-/// ONNX Runtime, the baselines); progress on stderr under `label`.
+/// One query's nDCG@10 and MRR@10.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct QueryQuality {
+    #[serde(rename = "ndcg@10")]
+    pub ndcg10: f64,
+    #[serde(rename = "mrr@10")]
+    pub mrr10: f64,
+}
+
+/// One scorer's metrics over the judged queries: the means and each query's.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScorerMetrics {
+    pub ndcg10: f64,
+    pub mrr10: f64,
+    pub per_query: BTreeMap<String, QueryQuality>,
+}
+
+impl ScorerMetrics {
+    /// The figures of one configuration `id`, per-query ones included.
+    pub fn into_quality(self, id: String, flops_ratio: f64) -> ConfigQuality {
+        ConfigQuality {
+            id,
+            ndcg10: self.ndcg10,
+            mrr10: self.mrr10,
+            flops_ratio,
+            per_query: Some(self.per_query),
+        }
+    }
+}
+
+/// nDCG@10 and MRR@10 (grade ≥ 2 relevant) of `scorers` scorers over the queries
+/// `qrels` judges (the others are skipped), mean and per query: `score` returns, for one
+/// query, one score per candidate for each scorer. The loop every evaluator shares (the
+/// candle forward, ONNX Runtime, the baselines); progress on stderr under `label`.
 pub fn mean_metrics<E>(
     queries: &[QueryCandidates],
     qrels: &Qrels,
@@ -34,12 +69,13 @@ pub fn mean_metrics<E>(
     label: &str,
     progress: bool,
     mut score: impl FnMut(&QueryCandidates) -> std::result::Result<Vec<Vec<f32>>, E>,
-) -> std::result::Result<Vec<(f64, f64)>, E> {
+) -> std::result::Result<Vec<ScorerMetrics>, E> {
     let judged: Vec<&QueryCandidates> = queries
         .iter()
         .filter(|q| qrels.by_query.contains_key(&q.qid))
         .collect();
     let mut sums = vec![(0.0, 0.0); scorers];
+    let mut per_query = vec![BTreeMap::new(); scorers];
     let start = std::time::Instant::now();
     let mut pairs_done = 0usize;
     for (qi, q) in judged.iter().enumerate() {
@@ -48,10 +84,13 @@ pub fn mean_metrics<E>(
         let scores = score(q)?;
         // A scorer that returned fewer lists would be cut short by `zip` below.
         assert_eq!(scores.len(), scorers, "one score list per scorer");
-        for (sum, scores) in sums.iter_mut().zip(&scores) {
+        for ((sum, each), scores) in sums.iter_mut().zip(&mut per_query).zip(&scores) {
             let ranking = rank_by_score(&docids, scores);
-            sum.0 += ndcg_at_k(&ranking, judgments, 10);
-            sum.1 += mrr_at_k(&ranking, judgments, 10, 2);
+            let ndcg10 = ndcg_at_k(&ranking, judgments, 10);
+            let mrr10 = mrr_at_k(&ranking, judgments, 10, 2);
+            sum.0 += ndcg10;
+            sum.1 += mrr10;
+            each.insert(q.qid.clone(), QueryQuality { ndcg10, mrr10 });
         }
         pairs_done += scorers * docids.len();
         if progress {
@@ -70,7 +109,15 @@ pub fn mean_metrics<E>(
         eprintln!();
     }
     let n = judged.len().max(1) as f64;
-    Ok(sums.into_iter().map(|(a, b)| (a / n, b / n)).collect())
+    Ok(sums
+        .into_iter()
+        .zip(per_query)
+        .map(|((ndcg, mrr), per_query)| ScorerMetrics {
+            ndcg10: ndcg / n,
+            mrr10: mrr / n,
+            per_query,
+        })
+        .collect())
 }
 
 /// Groups sub-structures that one forward pass can score together.
@@ -132,12 +179,7 @@ pub fn evaluate(
     Ok(subs
         .iter()
         .zip(metrics)
-        .map(|(s, (ndcg10, mrr10))| ConfigQuality {
-            id: s.id(dims.num_layers),
-            ndcg10,
-            mrr10,
-            flops_ratio: pair_flops(&dims, lengths, s) / full,
-        })
+        .map(|(s, m)| m.into_quality(s.id(dims.num_layers), pair_flops(&dims, lengths, s) / full))
         .collect())
 }
 
@@ -180,17 +222,12 @@ pub fn evaluate_baseline(
         };
         Ok::<_, crate::error::TrainerError>(vec![scores])
     })?;
-    let (ndcg10, mrr10) = metrics[0];
     let id = match baseline {
         Baseline::Bm25 => "bm25",
         Baseline::BiEncoder => "bi-encoder-cosine",
     };
-    Ok(ConfigQuality {
-        id: id.into(),
-        ndcg10,
-        mrr10,
-        flops_ratio: f64::NAN,
-    })
+    let metrics = metrics.into_iter().next().expect("one scorer");
+    Ok(metrics.into_quality(id.into(), f64::NAN))
 }
 
 #[cfg(test)]
@@ -230,9 +267,23 @@ mod tests {
         })
         .unwrap();
         assert_eq!(scored, ["a"]);
-        assert_eq!(metrics[0], (1.0, 1.0));
+        assert_eq!((metrics[0].ndcg10, metrics[0].mrr10), (1.0, 1.0));
         // d1 at rank 3: DCG = (2^2 - 1) / log2(4), ideal (2^2 - 1) / log2(2); MRR 1/3.
-        assert!((metrics[1].0 - 0.5).abs() < 1e-12, "{:?}", metrics[1]);
-        assert!((metrics[1].1 - 1.0 / 3.0).abs() < 1e-12, "{:?}", metrics[1]);
+        assert!((metrics[1].ndcg10 - 0.5).abs() < 1e-12, "{:?}", metrics[1]);
+        assert!(
+            (metrics[1].mrr10 - 1.0 / 3.0).abs() < 1e-12,
+            "{:?}",
+            metrics[1]
+        );
+        // Per query: only the judged query, with the same figures as the mean of one.
+        let only: Vec<&String> = metrics[1].per_query.keys().collect();
+        assert_eq!(only, ["a"]);
+        assert_eq!(
+            metrics[1].per_query["a"],
+            QueryQuality {
+                ndcg10: metrics[1].ndcg10,
+                mrr10: metrics[1].mrr10
+            }
+        );
     }
 }
