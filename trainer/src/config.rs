@@ -41,8 +41,9 @@ pub struct ModelSection {
     pub merge_idf_power: f32,
 }
 
-/// Where the teacher scores of the distillation term come from; the base model scores
-/// them itself, before any adapter.
+/// Where the teacher scores of the distillation term come from: the base model as it is
+/// (`bi-encoder`, `max-sim`) or a re-ranker mrank trained earlier on the same base
+/// (`model`, its full configuration; `data.teacher_model` names it).
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "kebab-case")]
 pub enum Teacher {
@@ -50,6 +51,9 @@ pub enum Teacher {
     BiEncoder,
     /// The base's own late interaction over its last layer.
     MaxSim,
+    /// The full configuration of a trained mrank model (its logits, so
+    /// `teacher_temperature` is about 1, not the cosines' 0.05).
+    Model,
     None,
 }
 
@@ -58,6 +62,7 @@ impl Teacher {
         match self {
             Teacher::BiEncoder => "bi-encoder",
             Teacher::MaxSim => "max-sim",
+            Teacher::Model => "model",
             Teacher::None => "none",
         }
     }
@@ -92,9 +97,13 @@ pub struct DataSection {
     pub group_size: usize,
     /// Share of steps drawn from the unlabeled files.
     pub unlabeled_fraction: f64,
-    /// Teacher scores: `bi-encoder`, `max-sim` or `none` (see `Teacher`).
+    /// Teacher scores: `bi-encoder`, `max-sim`, `model` or `none` (see `Teacher`).
     pub teacher: Teacher,
-    /// Temperature applied to teacher scores (both teachers score cosines, in [-1, 1]).
+    /// With `teacher = "model"`: the trained model, a directory holding
+    /// `adapters.safetensors` (a run of `mrank train`, `adapters/minilm-l6`) or the file.
+    pub teacher_model: String,
+    /// Temperature applied to teacher scores: the base's teachers score cosines, in
+    /// [-1, 1] (0.05 suits them); a `model` teacher scores logits (use about 1).
     pub teacher_temperature: f64,
 }
 
@@ -195,6 +204,7 @@ impl Default for DataSection {
             group_size: 16,
             unlabeled_fraction: 0.5,
             teacher: Teacher::BiEncoder,
+            teacher_model: String::new(),
             teacher_temperature: 0.05,
         }
     }
@@ -355,6 +365,29 @@ impl TrainConfig {
                     self.space.min_depth
                 ));
             }
+        }
+        match (self.data.teacher, self.data.teacher_model.is_empty()) {
+            (Teacher::Model, true) => {
+                return bad(
+                    "data.teacher = \"model\" needs data.teacher_model: a trained \
+                            model's directory or its adapters.safetensors"
+                        .into(),
+                )
+            }
+            (Teacher::Model, false) | (_, true) => {}
+            (other, false) => {
+                return bad(format!(
+                    "data.teacher_model is set but data.teacher is \"{}\"; set \
+                     data.teacher = \"model\" to distil from it",
+                    other.name()
+                ))
+            }
+        }
+        if !(self.data.teacher_temperature > 0.0 && self.data.teacher_temperature.is_finite()) {
+            return bad(format!(
+                "data.teacher_temperature {}: must be a positive number",
+                self.data.teacher_temperature
+            ));
         }
         if self.data.group_size < 2 {
             return bad("data.group_size must be at least 2 (one positive, one negative)".into());

@@ -349,7 +349,8 @@ impl Trainer {
         meta.depth_buckets = cfg.stage2.depth_buckets.clone();
         meta.format = FORMAT.into();
         data.teacher = teacher_scores(
-            cfg.data.teacher,
+            &cfg.data,
+            base,
             backbone.as_ref(),
             &encoder,
             &data,
@@ -989,12 +990,19 @@ impl Trainer {
     }
 }
 
-/// The teacher's score of every (query, candidate) in the training data: `kind` is
-/// `bi-encoder` (pooled cosine) or `max-sim` (late interaction), both of the base as it
-/// is. Cached in `out_dir/teacher.safetensors`, whose header names the teacher and the
-/// max length; the cache is recomputed when either differs or a query is missing.
+/// Scores one query's candidates for the teacher term.
+type TeacherScorer<'a> = dyn FnMut(&QueryCandidates) -> Result<Vec<f32>> + 'a;
+
+/// The teacher's score of every (query, candidate) in the training data: `bi-encoder`
+/// (pooled cosine) or `max-sim` (late interaction) of the base as it is, or the full
+/// configuration of a trained model on the same base (`model`). Cached in
+/// `out_dir/teacher.safetensors`, whose header names the teacher, the max length and, for
+/// a model, its adapters file (size and content hash); the cache is recomputed when any
+/// differs or a query is missing.
+#[allow(clippy::too_many_arguments)]
 fn teacher_scores(
-    kind: Teacher,
+    section: &crate::config::DataSection,
+    base: &Path,
     model: &dyn Backbone,
     encoder: &PairEncoder,
     data: &TrainData,
@@ -1002,10 +1010,45 @@ fn teacher_scores(
     out_dir: &Path,
     device: &Device,
 ) -> Result<HashMap<String, Vec<f32>>> {
-    let score = match kind {
+    let kind = section.teacher;
+    let mut header = HashMap::from([
+        ("teacher".to_string(), kind.name().to_string()),
+        ("max_length".to_string(), max_length.to_string()),
+    ]);
+    let mut score: Box<TeacherScorer<'_>> = match kind {
         Teacher::None => return Ok(HashMap::new()),
-        Teacher::MaxSim => crate::biencoder::max_sim_scores,
-        Teacher::BiEncoder => crate::biencoder::cosine_scores,
+        Teacher::MaxSim | Teacher::BiEncoder => {
+            let score = match kind {
+                Teacher::MaxSim => crate::biencoder::max_sim_scores,
+                _ => crate::biencoder::cosine_scores,
+            };
+            Box::new(move |q: &QueryCandidates| {
+                let texts: Vec<&str> = q.candidates.iter().map(|c| c.text.as_str()).collect();
+                score(model, encoder, &q.query, &texts, max_length, device)
+            })
+        }
+        Teacher::Model => {
+            let (file, identity) = teacher_model_file(&section.teacher_model)?;
+            header.insert("teacher_model".to_string(), identity);
+            let mut teacher =
+                crate::reranker::Reranker::load(base, Some(&file), max_length, device).map_err(
+                    |e| {
+                        TrainerError::Input(format!(
+                            "data.teacher_model {}: cannot load it on this base: {e}",
+                            file.display()
+                        ))
+                    },
+                )?;
+            let full = models::SubStructure::full(teacher.num_layers());
+            Box::new(move |q: &QueryCandidates| {
+                let pairs = q
+                    .candidates
+                    .iter()
+                    .map(|c| teacher.encoder.encode(&q.query, &c.text, None))
+                    .collect::<models::Result<Vec<_>>>()?;
+                teacher.score_pairs(&pairs, &full, 8192)
+            })
+        }
     };
     let cache = out_dir.join("teacher.safetensors");
     let queries: Vec<&QueryCandidates> = data
@@ -1014,10 +1057,6 @@ fn teacher_scores(
         .map(|l| &l.query)
         .chain(data.unlabeled.iter())
         .collect();
-    let header = HashMap::from([
-        ("teacher".to_string(), kind.name().to_string()),
-        ("max_length".to_string(), max_length.to_string()),
-    ]);
     if let Some(tensors) = read_teacher_cache(&cache, &header, device) {
         if queries.iter().all(|q| tensors.contains_key(&q.qid)) {
             return queries
@@ -1035,9 +1074,7 @@ fn teacher_scores(
     let started = Instant::now();
     let mut out = HashMap::new();
     for (i, q) in queries.iter().enumerate() {
-        let texts: Vec<&str> = q.candidates.iter().map(|c| c.text.as_str()).collect();
-        let scores = score(model, encoder, &q.query, &texts, max_length, device)?;
-        out.insert(q.qid.clone(), scores);
+        out.insert(q.qid.clone(), score(q)?);
         eprint!(
             "\rteacher ({}): query {}/{} · {:.0}s   ",
             kind.name(),
@@ -1054,6 +1091,29 @@ fn teacher_scores(
         .collect::<Result<_>>()?;
     save_tensors(&tensors, Some(header), &cache)?;
     Ok(out)
+}
+
+/// The adapters file `data.teacher_model` names (a directory holding
+/// `adapters.safetensors`, or the file) and what identifies its content for the cache
+/// header: size and an FNV-1a hash of the bytes.
+fn teacher_model_file(named: &str) -> Result<(std::path::PathBuf, String)> {
+    let path = Path::new(named);
+    let file = if path.is_dir() {
+        path.join("adapters.safetensors")
+    } else {
+        path.to_path_buf()
+    };
+    let bytes = std::fs::read(&file).map_err(|e| {
+        TrainerError::Input(format!(
+            "data.teacher_model: cannot read {} ({e}); name a run directory of mrank train \
+             or its adapters.safetensors",
+            file.display()
+        ))
+    })?;
+    let hash = bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
+        (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
+    });
+    Ok((file, format!("{} bytes, fnv1a {hash:016x}", bytes.len())))
 }
 
 /// The cached teacher scores when the cache was written by the same teacher at the same

@@ -186,6 +186,97 @@ fn inconsistent_model_settings_are_refused() {
         e.contains("cross-encoder") && e.contains("bi-encoder"),
         "{e}"
     );
+    let e = refused(&["data.teacher=model"]);
+    assert!(e.contains("needs data.teacher_model"), "{e}");
+    let e = refused(&["data.teacher=bi-encoder", "data.teacher_model=runs/x"]);
+    assert!(e.contains("data.teacher = \"model\""), "{e}");
+    let e = refused(&["data.teacher_temperature=0"]);
+    assert!(e.contains("data.teacher_temperature"), "{e}");
+}
+
+/// `data.teacher = "model"`: the teacher scores are the trained model's full
+/// configuration, as `Reranker` scores it, and the cache names the model it came from.
+#[test]
+fn a_trained_model_is_a_teacher() {
+    let dir = tempfile::tempdir().unwrap();
+    // The teacher: a short run on the tiny fixture.
+    let cfg = tiny_config(dir.path(), &["stage1.steps=5"]);
+    let (data, _) = load_data(&cfg).unwrap();
+    let teacher_dir = dir.path().join("teacher");
+    Trainer::new(cfg, &fixture("tiny-bert"), &teacher_dir, data, &Device::Cpu)
+        .unwrap()
+        .run(|_| {})
+        .unwrap()
+        .unwrap();
+    let teacher_model = format!("data.teacher_model={}", teacher_dir.display());
+    let student = |out: &str| {
+        let cfg = tiny_config(
+            dir.path(),
+            &[
+                "data.teacher=model",
+                &teacher_model,
+                "data.teacher_temperature=1",
+            ],
+        );
+        let (data, _) = load_data(&cfg).unwrap();
+        let out = dir.path().join(out);
+        Trainer::new(cfg, &fixture("tiny-bert"), &out, data, &Device::Cpu).unwrap();
+        out.join("teacher.safetensors")
+    };
+    let cache = student("student");
+    let scores = common::load(&cache)["q1"].to_vec1::<f32>().unwrap();
+
+    let mut teacher = trainer::reranker::Reranker::load(
+        &fixture("tiny-bert"),
+        Some(&teacher_dir.join("adapters.safetensors")),
+        48,
+        &Device::Cpu,
+    )
+    .unwrap();
+    let queries = trainer::data::read_candidates(&dir.path().join("train.jsonl")).unwrap();
+    let q = &queries[0];
+    let pairs: Vec<_> = q
+        .candidates
+        .iter()
+        .map(|c| teacher.encoder.encode(&q.query, &c.text, None).unwrap())
+        .collect();
+    let full = models::SubStructure::full(teacher.num_layers());
+    let want = teacher.score_pairs(&pairs, &full, 8192).unwrap();
+    assert_eq!(scores.len(), want.len());
+    for (a, b) in scores.iter().zip(&want) {
+        assert!(
+            (a - b).abs() <= 1e-5 * b.abs().max(1.0),
+            "{scores:?} vs {want:?}"
+        );
+    }
+    // The untrained base scores differently: the adapters were applied.
+    let mut base =
+        trainer::reranker::Reranker::load(&fixture("tiny-bert"), None, 48, &Device::Cpu).unwrap();
+    assert_ne!(base.score_pairs(&pairs, &full, 8192).unwrap(), want);
+
+    let bytes = std::fs::read(&cache).unwrap();
+    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    let header = header.metadata().clone().unwrap();
+    assert_eq!(header["teacher"], "model");
+    assert!(header["teacher_model"].contains("fnv1a"), "{header:?}");
+
+    // A teacher directory without adapters: the error names the file.
+    let cfg = tiny_config(
+        dir.path(),
+        &["data.teacher=model", "data.teacher_model=/nonexistent/run"],
+    );
+    let (data, _) = load_data(&cfg).unwrap();
+    let e = Trainer::new(
+        cfg,
+        &fixture("tiny-bert"),
+        &dir.path().join("x"),
+        data,
+        &Device::Cpu,
+    )
+    .err()
+    .expect("refused")
+    .to_string();
+    assert!(e.contains("/nonexistent/run"), "{e}");
 }
 
 /// Idf-weighted max-sim with idf merging: the exponents are trained with the heads (they
