@@ -444,6 +444,7 @@ fn client_errors_are_4xx_json_naming_the_field() {
     )
     .assert_error(422, "too_many_documents", Some("documents"));
     get(p, "/nope").assert_error(404, "not_found", None);
+    get(p, "/v1/rerank").assert_error(405, "method_not_allowed", None);
     // A deadline no configuration can meet is refused before any work.
     let many: Vec<String> = (0..200)
         .map(|i| format!("passage number {i} about rivers and cities"))

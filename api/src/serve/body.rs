@@ -56,7 +56,7 @@ fn opt_uint(body: &Value, field: &str) -> Result<Option<u64>, ApiError> {
             ApiError::invalid(
                 field,
                 "invalid_type",
-                format!("`{field}` must be a non-negative integer, got {}", kind(v)),
+                format!("`{field}` must be a positive integer, got {}", kind(v)),
             )
         }),
     }

@@ -281,6 +281,7 @@ fn router(app: Shared) -> Result<Router> {
         .route("/openapi.json", get(|| async { Json(docs::openapi()) }))
         .route("/docs", get(|| async { Html(docs::DOCS_PAGE) }))
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .with_state(app.clone());
     if !app.args.cors_origin.is_empty() {
         use tower_http::cors::{AllowOrigin, CorsLayer};
@@ -313,6 +314,20 @@ async fn not_found() -> ApiError {
         "not_found",
         "not_found",
         "no such route; see /docs",
+    )
+}
+
+/// A known route with the wrong method (`GET /v1/rerank`): a JSON error like every
+/// other, where axum would answer an empty 405.
+async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "invalid_request_error",
+        "method_not_allowed",
+        format!(
+            "{method} is not allowed on {}; the rerank routes take POST, the others GET (see /docs)",
+            uri.path()
+        ),
     )
 }
 
