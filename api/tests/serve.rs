@@ -559,6 +559,16 @@ fn limits_overload_and_auth_on_a_configured_server() {
         try_request(p, "GET", "/info", &[], b"").unwrap().status,
         401
     );
+    // A wrong method on a guarded route is still refused for the key first.
+    try_request(p, "GET", "/v2/rerank", &[], b"")
+        .unwrap()
+        .assert_error(401, "invalid_api_key", None);
+    try_request(p, "GET", "/v2/rerank", &auth, b"")
+        .unwrap()
+        .assert_error(405, "method_not_allowed", None);
+    try_request(p, "POST", "/health", &[], b"")
+        .unwrap()
+        .assert_error(405, "method_not_allowed", None);
     assert_eq!(get(p, "/health").status, 200, "health stays open");
     assert_eq!(get(p, "/metrics").status, 200, "metrics stay open");
     let big = json!({"query": QUERY, "documents": ["x".repeat(3000)]}).to_string();

@@ -274,6 +274,8 @@ fn router(app: Shared) -> Result<Router> {
         .route("/v2/rerank", post(rerank_cohere))
         .route("/info", get(info))
         .route("/configs", get(configs))
+        // Before the auth layer, so that a wrong method without a key is still a 401.
+        .method_not_allowed_fallback(method_not_allowed)
         .route_layer(axum::middleware::from_fn_with_state(app.clone(), auth))
         .route("/health", get(health))
         .route("/ready", get(ready))
@@ -281,6 +283,7 @@ fn router(app: Shared) -> Result<Router> {
         .route("/openapi.json", get(|| async { Json(docs::openapi()) }))
         .route("/docs", get(|| async { Html(docs::DOCS_PAGE) }))
         .fallback(not_found)
+        // The open routes (the ones above already have it, and keep it).
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(app.clone());
     if !app.args.cors_origin.is_empty() {
