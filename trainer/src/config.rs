@@ -51,8 +51,8 @@ pub enum Teacher {
     BiEncoder,
     /// The base's own late interaction over its last layer.
     MaxSim,
-    /// The full configuration of a trained mrank model (its logits, so
-    /// `teacher_temperature` is about 1, not the cosines' 0.05).
+    /// The full configuration of a trained mrank model (its logits; the temperature
+    /// defaults to 1, not the cosines' 0.05).
     Model,
     None,
 }
@@ -102,9 +102,20 @@ pub struct DataSection {
     /// With `teacher = "model"`: the trained model, a directory holding
     /// `adapters.safetensors` (a run of `mrank train`, `adapters/minilm-l6`) or the file.
     pub teacher_model: String,
-    /// Temperature applied to teacher scores: the base's teachers score cosines, in
-    /// [-1, 1] (0.05 suits them); a `model` teacher scores logits (use about 1).
-    pub teacher_temperature: f64,
+    /// Temperature applied to teacher scores. Unset, it is 0.05 for the base's
+    /// teachers, which score cosines in [-1, 1], and 1 for a `model` teacher, which
+    /// scores logits (already about 20 times a cosine); the written config records it.
+    pub teacher_temperature: Option<f64>,
+}
+
+impl DataSection {
+    /// `teacher_temperature`, or the default for this teacher when unset.
+    pub fn teacher_temperature(&self) -> f64 {
+        self.teacher_temperature.unwrap_or(match self.teacher {
+            Teacher::Model => 1.0,
+            _ => 0.05,
+        })
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -205,7 +216,7 @@ impl Default for DataSection {
             unlabeled_fraction: 0.5,
             teacher: Teacher::BiEncoder,
             teacher_model: String::new(),
-            teacher_temperature: 0.05,
+            teacher_temperature: None,
         }
     }
 }
@@ -383,12 +394,13 @@ impl TrainConfig {
                 ))
             }
         }
-        if !(self.data.teacher_temperature > 0.0 && self.data.teacher_temperature.is_finite()) {
+        let temperature = self.data.teacher_temperature();
+        if !(temperature > 0.0 && temperature.is_finite()) {
             return bad(format!(
-                "data.teacher_temperature {}: must be a positive number",
-                self.data.teacher_temperature
+                "data.teacher_temperature {temperature}: must be a positive number"
             ));
         }
+        self.data.teacher_temperature = Some(temperature);
         if self.data.group_size < 2 {
             return bad("data.group_size must be at least 2 (one positive, one negative)".into());
         }

@@ -688,7 +688,7 @@ impl Trainer {
         };
         let teacher = match &group.teacher {
             Some(t) => Some(
-                (Tensor::new(t.as_slice(), &self.device)? / self.cfg.data.teacher_temperature)?,
+                (Tensor::new(t.as_slice(), &self.device)? / self.cfg.data.teacher_temperature())?,
             ),
             None => None,
         };
@@ -1011,25 +1011,50 @@ fn teacher_scores(
     device: &Device,
 ) -> Result<HashMap<String, Vec<f32>>> {
     let kind = section.teacher;
+    if kind == Teacher::None {
+        return Ok(HashMap::new());
+    }
     let mut header = HashMap::from([
         ("teacher".to_string(), kind.name().to_string()),
         ("max_length".to_string(), max_length.to_string()),
     ]);
-    let mut score: Box<TeacherScorer<'_>> = match kind {
-        Teacher::None => return Ok(HashMap::new()),
-        Teacher::MaxSim | Teacher::BiEncoder => {
-            let score = match kind {
-                Teacher::MaxSim => crate::biencoder::max_sim_scores,
-                _ => crate::biencoder::cosine_scores,
-            };
-            Box::new(move |q: &QueryCandidates| {
-                let texts: Vec<&str> = q.candidates.iter().map(|c| c.text.as_str()).collect();
-                score(model, encoder, &q.query, &texts, max_length, device)
-            })
-        }
+    let teacher_file = match kind {
         Teacher::Model => {
             let (file, identity) = teacher_model_file(&section.teacher_model)?;
             header.insert("teacher_model".to_string(), identity);
+            Some(file)
+        }
+        _ => None,
+    };
+    let cache = out_dir.join("teacher.safetensors");
+    let queries: Vec<&QueryCandidates> = data
+        .labeled
+        .iter()
+        .map(|l| &l.query)
+        .chain(data.unlabeled.iter())
+        .collect();
+    if let Some(tensors) = read_teacher_cache(&cache, &header, device) {
+        // One score per candidate, or the cache was written for other candidate lists.
+        let fits = |q: &QueryCandidates| {
+            tensors
+                .get(&q.qid)
+                .and_then(|t| t.dims1().ok())
+                .is_some_and(|n| n == q.candidates.len())
+        };
+        if queries.iter().all(|q| fits(q)) {
+            return queries
+                .iter()
+                .map(|q| Ok((q.qid.clone(), tensors[&q.qid].to_vec1()?)))
+                .collect();
+        }
+        eprintln!(
+            "{}: the cached teacher scores miss some training queries or candidates; recomputing",
+            cache.display()
+        );
+    }
+    // Built only on a cache miss: a model teacher is a second model in memory.
+    let mut score: Box<TeacherScorer<'_>> = match (kind, teacher_file) {
+        (Teacher::Model, Some(file)) => {
             let mut teacher =
                 crate::reranker::Reranker::load(base, Some(&file), max_length, device).map_err(
                     |e| {
@@ -1049,26 +1074,17 @@ fn teacher_scores(
                 teacher.score_pairs(&pairs, &full, 8192)
             })
         }
-    };
-    let cache = out_dir.join("teacher.safetensors");
-    let queries: Vec<&QueryCandidates> = data
-        .labeled
-        .iter()
-        .map(|l| &l.query)
-        .chain(data.unlabeled.iter())
-        .collect();
-    if let Some(tensors) = read_teacher_cache(&cache, &header, device) {
-        if queries.iter().all(|q| tensors.contains_key(&q.qid)) {
-            return queries
-                .iter()
-                .map(|q| Ok((q.qid.clone(), tensors[&q.qid].to_vec1()?)))
-                .collect();
+        _ => {
+            let score = match kind {
+                Teacher::MaxSim => crate::biencoder::max_sim_scores,
+                _ => crate::biencoder::cosine_scores,
+            };
+            Box::new(move |q: &QueryCandidates| {
+                let texts: Vec<&str> = q.candidates.iter().map(|c| c.text.as_str()).collect();
+                score(model, encoder, &q.query, &texts, max_length, device)
+            })
         }
-        eprintln!(
-            "{}: some training queries are not in the cached teacher scores; recomputing",
-            cache.display()
-        );
-    }
+    };
     std::fs::create_dir_all(out_dir)
         .map_err(|e| TrainerError::Input(format!("{}: {e}", out_dir.display())))?;
     let started = Instant::now();

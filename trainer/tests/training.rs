@@ -194,6 +194,66 @@ fn inconsistent_model_settings_are_refused() {
     assert!(e.contains("data.teacher_temperature"), "{e}");
 }
 
+/// The temperature defaults per teacher (cosines 0.05, a model's logits 1), and the
+/// resolved value is what the written config records.
+#[test]
+fn teacher_temperature_defaults_per_teacher() {
+    let dir = tempfile::tempdir().unwrap();
+    let resolved = |overrides: &[&str]| {
+        let mut cfg = tiny_config(dir.path(), overrides);
+        cfg.resolve(3).unwrap();
+        cfg.data.teacher_temperature
+    };
+    assert_eq!(resolved(&["data.teacher=bi-encoder"]), Some(0.05));
+    assert_eq!(
+        resolved(&["data.teacher=model", "data.teacher_model=x"]),
+        Some(1.0)
+    );
+    assert_eq!(
+        resolved(&[
+            "data.teacher=model",
+            "data.teacher_model=x",
+            "data.teacher_temperature=0.5"
+        ]),
+        Some(0.5)
+    );
+}
+
+/// A teacher cache written for other candidate lists is recomputed, not indexed out of
+/// range (or, with more candidates than now, matched to the wrong passages).
+#[test]
+fn a_teacher_cache_for_other_candidates_is_recomputed() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let cached_len = || {
+        let cfg = tiny_config(dir.path(), &["data.teacher=bi-encoder"]);
+        let (data, _) = load_data(&cfg).unwrap();
+        Trainer::new(cfg, &fixture("tiny-bert"), &out, data, &Device::Cpu).unwrap();
+        common::load(&out.join("teacher.safetensors"))["q1"]
+            .dims1()
+            .unwrap()
+    };
+    assert_eq!(cached_len(), 4);
+    // The same query with a fifth candidate: `tiny_config` rewrites the data each time,
+    // so add it through a config pointing at an edited copy.
+    let edited = dir.path().join("edited.jsonl");
+    let text = std::fs::read_to_string(dir.path().join("train.jsonl")).unwrap();
+    let mut line: serde_json::Value = serde_json::from_str(text.trim()).unwrap();
+    line["candidates"]
+        .as_array_mut()
+        .unwrap()
+        .push(serde_json::json!({"docid": "n4", "text": "tok70 tok71"}));
+    std::fs::write(&edited, format!("{line}\n")).unwrap();
+    let train = format!("data.train=[\"{}\"]", edited.display());
+    let cfg = tiny_config(dir.path(), &["data.teacher=bi-encoder", &train]);
+    let (data, _) = load_data(&cfg).unwrap();
+    Trainer::new(cfg, &fixture("tiny-bert"), &out, data, &Device::Cpu).unwrap();
+    let scores = common::load(&out.join("teacher.safetensors"))["q1"]
+        .dims1()
+        .unwrap();
+    assert_eq!(scores, 5);
+}
+
 /// `data.teacher = "model"`: the teacher scores are the trained model's full
 /// configuration, as `Reranker` scores it, and the cache names the model it came from.
 #[test]
