@@ -181,6 +181,21 @@ pub fn run(args: EvalArgs) -> Result<()> {
         );
     }
     let trained = adapters_path.is_some();
+    if let Some(kind) = &args.baseline {
+        // A baseline scores the base itself, so the flags that change the re-ranker's
+        // adapters would be silently ignored (or refused for the wrong reason).
+        let flags = [
+            ("--merge-mode", args.merge_mode.is_some()),
+            ("--merge-idf-power", args.merge_idf_power.is_some()),
+            ("--readout", args.readout.is_some()),
+            ("--without-compensation", args.without_compensation),
+        ];
+        if let Some((flag, _)) = flags.iter().find(|(_, set)| *set) {
+            anyhow::bail!(
+                "{flag} does not apply to --baseline {kind}, which scores the base itself"
+            );
+        }
+    }
     let results = match (args.baseline.as_deref(), args.engine.as_str()) {
         // ONNX Runtime needs only the adapters: the candle model is never loaded (for a
         // decoder family that would double the memory of the run).

@@ -143,21 +143,22 @@ fn write_eval(
 ) -> Result<()> {
     let queries = read_candidates(Path::new(&cfg.data.dev))?;
     let qrels = Qrels::read(Path::new(&cfg.data.dev_qrels))?;
-    let mut reranker = Reranker::load(base, Some(adapters), cfg.model.max_length, device)?;
-    let configs = crate::eval::select_configs(
-        &cfg.run.eval_configs,
-        reranker.num_layers(),
-        reranker.min_depth(),
-    )?;
     // Through ONNX Runtime when its library is set up (what serving runs, and several
-    // times faster), else the candle forward.
+    // times faster; it needs only the adapters, not the candle model), else the candle
+    // forward.
     let results = if models::runtime::init_onnxruntime(cfg.run.threads).is_ok() {
         let checkpoint = models::Checkpoint::open(base)
             .with_context(|| format!("cannot open {} to export it", base.display()))?;
+        let trained = export::load_adapters(&checkpoint, Some(adapters))?;
+        let configs = crate::eval::select_configs(
+            &cfg.run.eval_configs,
+            checkpoint.config.dimensions().num_layers,
+            trained.heads.min_depth().unwrap_or(1),
+        )?;
         crate::eval::evaluate_onnx(
             &checkpoint,
             base,
-            &reranker.adapters,
+            &trained,
             configs,
             &queries,
             &qrels,
@@ -168,6 +169,12 @@ fn write_eval(
         )?
     } else {
         eprintln!("ONNX Runtime not set up (make setup): evaluating with the candle forward");
+        let mut reranker = Reranker::load(base, Some(adapters), cfg.model.max_length, device)?;
+        let configs = crate::eval::select_configs(
+            &cfg.run.eval_configs,
+            reranker.num_layers(),
+            reranker.min_depth(),
+        )?;
         let subs = crate::eval::candle_configs(&configs, reranker.num_layers())?;
         evaluate(&mut reranker, &queries, &qrels, &subs, 8192, true)?
     };

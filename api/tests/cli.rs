@@ -192,6 +192,29 @@ fn eval_per_query_lists_each_judged_query_and_averages_to_the_mean() {
 }
 
 #[test]
+fn eval_baseline_refuses_flags_that_change_the_adapters() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, qrels) = tiny_data(dir.path());
+    let model = repo().join("fixtures/tiny-bert");
+    let (ok, _, stderr) = eval(
+        &data,
+        &qrels,
+        &[
+            "--model",
+            model.to_str().unwrap(),
+            "--baseline",
+            "bm25",
+            "--merge-mode",
+            "idf",
+        ],
+    );
+    assert!(
+        !ok && stderr.contains("--merge-mode does not apply to --baseline"),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn eval_reports_a_malformed_line_with_file_and_line() {
     let dir = tempfile::tempdir().unwrap();
     let (data, qrels) = tiny_data(dir.path());

@@ -26,11 +26,13 @@ pub struct QueryCandidates {
     pub candidates: Vec<Candidate>,
 }
 
-/// Reads a candidate JSONL file; a malformed line is reported with file and line number.
+/// Reads a candidate JSONL file; a malformed line, or a query listed on two lines (its
+/// metrics would count twice), is reported with file and line number.
 pub fn read_candidates(path: &Path) -> Result<Vec<QueryCandidates>> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| TrainerError::Input(format!("{}: cannot read: {e}", path.display())))?;
     let mut out = Vec::new();
+    let mut first_line: HashMap<String, usize> = HashMap::new();
     for (i, line) in text.lines().enumerate() {
         if line.trim().is_empty() {
             continue;
@@ -42,6 +44,15 @@ pub fn read_candidates(path: &Path) -> Result<Vec<QueryCandidates>> {
                 i + 1
             ))
         })?;
+        if let Some(first) = first_line.insert(q.qid.clone(), i + 1) {
+            return Err(TrainerError::Input(format!(
+                "{}:{}: query {} was already listed on line {first}; put each query's \
+                 candidates on one line",
+                path.display(),
+                i + 1,
+                q.qid
+            )));
+        }
         out.push(q);
     }
     Ok(out)
@@ -101,5 +112,26 @@ impl Qrels {
             .keys()
             .filter(|q| !known.contains(q.as_str()))
             .count()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_query_listed_twice_is_refused_with_both_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.jsonl");
+        let line = |qid: &str| {
+            format!(
+                r#"{{"qid": "{qid}", "query": "q", "candidates": [{{"docid": "d", "text": "t"}}]}}"#
+            )
+        };
+        std::fs::write(&path, [line("1"), line("2"), line("1")].join("\n")).unwrap();
+        let e = read_candidates(&path).unwrap_err().to_string();
+        assert!(e.contains("c.jsonl:3:") && e.contains("line 1"), "{e}");
+        std::fs::write(&path, [line("1"), line("2")].join("\n")).unwrap();
+        assert_eq!(read_candidates(&path).unwrap().len(), 2);
     }
 }
