@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Is configuration B better than A on these queries, or is it noise? A paired comparison.
 
-    python3 scripts/compare_quality.py A.json:ID B.json:ID [B2.json:ID ...] [--metric ndcg@10]
+    .cache/pyenv/bin/python scripts/compare_quality.py A.json:ID B.json:ID [B2.json:ID ...] [--metric ndcg@10]
 
 Each side is a `mrank eval --json --per-query` output (or a training run's eval.json,
 which keeps per-query figures) and a configuration id in it (`runs/x/eval.json:full`);
@@ -16,7 +16,8 @@ on the queries both judged:
 - how many queries B wins, loses and ties.
 
 DL19 has 43 judged queries, so differences of about 0.01-0.02 nDCG@10 are often within
-noise; docs/QUALITY.md quotes this script where it compares runs. numpy only.
+noise; docs/QUALITY.md quotes this script where it compares runs. Needs numpy (the
+set-up's `.cache/pyenv` has it).
 """
 import argparse
 import json
@@ -26,7 +27,9 @@ import numpy as np
 
 
 def load(spec, metric):
-    path, _, config = spec.partition(":")
+    path, sep, config = spec.rpartition(":")
+    if not sep or "/" in config:  # no ":ID" (a colon inside the path)
+        path, config = spec, ""
     try:
         data = json.load(open(path))
     except (OSError, json.JSONDecodeError) as e:
@@ -45,17 +48,27 @@ def load(spec, metric):
     return f"{path}:{config}", {q: m[metric] for q, m in row["per_query"].items()}
 
 
+CHUNK = 10_000  # draws per block, so that memory stays small for thousands of queries
+
+
 def compare(a, b, rng_seed=0):
     qids = sorted(set(a) & set(b))
     x = np.array([a[q] for q in qids])
     y = np.array([b[q] for q in qids])
     d = y - x
     rng = np.random.default_rng(rng_seed)
-    boot = d[rng.integers(0, len(d), size=(10_000, len(d)))].mean(axis=1)
+    boot = np.concatenate([
+        d[rng.integers(0, len(d), size=(CHUNK, len(d)))].mean(axis=1)
+        for _ in range(10_000 // CHUNK)
+    ])
     low, high = np.percentile(boot, [2.5, 97.5])
-    signs = rng.choice([-1.0, 1.0], size=(100_000, len(d)))
-    null = np.abs((signs * d).mean(axis=1))
-    p = (np.sum(null >= abs(d.mean()) - 1e-12) + 1) / (len(null) + 1)
+    observed = abs(d.mean()) - 1e-12
+    draws, extreme = 0, 0
+    for _ in range(100_000 // CHUNK):
+        signs = rng.choice([-1.0, 1.0], size=(CHUNK, len(d)))
+        extreme += int(np.sum(np.abs((signs * d).mean(axis=1)) >= observed))
+        draws += CHUNK
+    p = (extreme + 1) / (draws + 1)
     return {
         "queries": len(qids), "a": x.mean(), "b": y.mean(), "diff": d.mean(),
         "ci": (low, high), "p": p,
@@ -75,9 +88,9 @@ def main():
     print(f"{'B':48s} {'n':>3s} {'A':>7s} {'B':>7s} {'B-A':>8s} {'95% CI':>18s} {'p':>7s} {'W/L/T':>9s}")
     for spec in args.b:
         name_b, b = load(spec, args.metric)
-        r = compare(a, b)
-        if r["queries"] == 0:
+        if not set(a) & set(b):
             sys.exit(f"{name_a} and {name_b} share no judged query")
+        r = compare(a, b)
         ci = f"[{r['ci'][0]:+.4f}, {r['ci'][1]:+.4f}]"
         wlt = f"{r['wins']}/{r['losses']}/{r['ties']}"
         print(f"{name_b:48s} {r['queries']:3d} {r['a']:7.4f} {r['b']:7.4f} {r['diff']:+8.4f} {ci:>18s} {r['p']:7.4f} {wlt:>9s}")
