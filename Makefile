@@ -18,3 +18,4 @@ test: setup
 	cargo clippy --workspace --all-targets -- -D warnings
 	cargo test --workspace
 	scripts/test_prometheus.sh
+	.cache/pyenv/bin/python scripts/test_compare_quality.py
