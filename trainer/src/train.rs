@@ -1066,12 +1066,8 @@ fn teacher_scores(
                 )?;
             let full = models::SubStructure::full(teacher.num_layers());
             Box::new(move |q: &QueryCandidates| {
-                let pairs = q
-                    .candidates
-                    .iter()
-                    .map(|c| teacher.encoder.encode(&q.query, &c.text, None))
-                    .collect::<models::Result<Vec<_>>>()?;
-                teacher.score_pairs(&pairs, &full, 8192)
+                let texts: Vec<&str> = q.candidates.iter().map(|c| c.text.as_str()).collect();
+                teacher.score(&q.query, &texts, &full, 8192)
             })
         }
         _ => {
