@@ -132,7 +132,6 @@ fn quality_table() -> Vec<(String, f64)> {
 }
 
 fn adapters_stamp(path: &std::path::Path) -> Result<String> {
-    use std::hash::{Hash, Hasher};
     let bytes = std::fs::read(path).with_context(|| {
         format!(
             "{}: the embedded default's adapters are missing",
@@ -141,15 +140,12 @@ fn adapters_stamp(path: &std::path::Path) -> Result<String> {
     })?;
     // Content, the committed qualities (which pick the served set) and the exporter
     // revision: any change re-exports.
-    let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    bytes.hash(&mut hasher);
-    std::fs::read(path.with_file_name("eval.json"))
-        .unwrap_or_default()
-        .hash(&mut hasher);
+    let qualities = std::fs::read(path.with_file_name("eval.json")).unwrap_or_default();
     Ok(format!(
-        "{} bytes, content {:016x}, exporter revision {}, version {}",
+        "{} bytes, content {:016x}, qualities {:016x}, exporter revision {}, version {}",
         bytes.len(),
-        hasher.finish(),
+        models::content_hash(&bytes),
+        models::content_hash(&qualities),
         export::EXPORTER_REVISION,
         env!("CARGO_PKG_VERSION")
     ))

@@ -196,7 +196,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
             );
         }
     }
-    let results = match (args.baseline.as_deref(), args.engine.as_str()) {
+    let mut results = match (args.baseline.as_deref(), args.engine.as_str()) {
         // ONNX Runtime needs only the adapters: the candle model is never loaded (for a
         // decoder family that would double the memory of the run).
         (None, "onnx") => {
@@ -205,13 +205,11 @@ pub fn run(args: EvalArgs) -> Result<()> {
             let mut adapters = export::load_adapters(&checkpoint, adapters_path.as_deref())
                 .with_context(|| format!("cannot load model {name}"))?;
             apply_adapter_flags(&mut adapters, &args, &name, trained)?;
-            let layers = checkpoint.config.dimensions().num_layers;
-            let min_depth = adapters.heads.min_depth().unwrap_or(1);
             evaluate_onnx(
                 &checkpoint,
                 &base,
                 &adapters,
-                select_configs(&args.configs, layers, min_depth)?,
+                &args.configs,
                 &queries,
                 &qrels,
                 args.model.max_length,
@@ -265,7 +263,6 @@ pub fn run(args: EvalArgs) -> Result<()> {
         }
         (None, other) => anyhow::bail!("--engine {other}: use candle or onnx"),
     };
-    let mut results = results;
     if !args.per_query {
         for r in &mut results {
             r.per_query = None;
@@ -302,15 +299,16 @@ pub fn run(args: EvalArgs) -> Result<()> {
     Ok(())
 }
 
-/// `--engine onnx`: `adapters` (with any `--merge-mode` or `--without-compensation`
-/// change applied) exported to a temporary directory and scored by ONNX Runtime;
-/// `checkpoint` is `base` already opened by the caller.
+/// `--engine onnx`: the configurations `configs` names (`select_configs`) of `adapters`
+/// (with any `--merge-mode` or `--without-compensation` change applied), exported to a
+/// temporary directory and scored by ONNX Runtime; `checkpoint` is `base` already
+/// opened by the caller.
 #[allow(clippy::too_many_arguments)]
 pub fn evaluate_onnx(
     checkpoint: &models::Checkpoint,
     base: &std::path::Path,
     adapters: &trainer::adapters::Adapters,
-    configs: Vec<Configuration>,
+    configs: &str,
     queries: &[trainer::data::QueryCandidates],
     qrels: &Qrels,
     max_length: usize,
@@ -319,6 +317,7 @@ pub fn evaluate_onnx(
     progress: bool,
 ) -> Result<Vec<trainer::eval::ConfigQuality>> {
     let layers = checkpoint.config.dimensions().num_layers;
+    let configs = select_configs(configs, layers, adapters.heads.min_depth().unwrap_or(1))?;
     let dir = tempfile::tempdir().context("cannot create a temporary export directory")?;
     let ids: Vec<String> = configs.iter().map(|c| c.id(layers)).collect();
     if progress {

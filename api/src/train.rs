@@ -150,16 +150,11 @@ fn write_eval(
         let checkpoint = models::Checkpoint::open(base)
             .with_context(|| format!("cannot open {} to export it", base.display()))?;
         let trained = export::load_adapters(&checkpoint, Some(adapters))?;
-        let configs = crate::eval::select_configs(
-            &cfg.run.eval_configs,
-            checkpoint.config.dimensions().num_layers,
-            trained.heads.min_depth().unwrap_or(1),
-        )?;
         crate::eval::evaluate_onnx(
             &checkpoint,
             base,
             &trained,
-            configs,
+            &cfg.run.eval_configs,
             &queries,
             &qrels,
             cfg.model.max_length,

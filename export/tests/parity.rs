@@ -33,10 +33,7 @@ struct Draws(StdRng);
 impl Draws {
     fn for_family(name: &str) -> Self {
         // FNV-1a of the fixture name: fixed per family, different between families.
-        let seed = name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-            (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
-        });
-        Draws(StdRng::seed_from_u64(seed))
+        Draws(StdRng::seed_from_u64(models::content_hash(name.as_bytes())))
     }
 
     fn uniform(&mut self, lo: f32, hi: f32, shape: impl Into<Shape>) -> Tensor {

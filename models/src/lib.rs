@@ -10,6 +10,7 @@ pub mod flops;
 pub mod manifest;
 pub mod precision;
 pub mod runtime;
+pub mod stamp;
 pub mod substructure;
 
 pub use checkpoint::{Checkpoint, TensorF32};
@@ -20,4 +21,5 @@ pub use flops::{pair_flops, PairLengths};
 pub use manifest::{ConfigEntry, Manifest};
 pub use precision::{Configuration, Precision};
 pub use runtime::Runtime;
+pub use stamp::content_hash;
 pub use substructure::{SubStructure, SubStructureSpace};

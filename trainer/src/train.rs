@@ -1053,8 +1053,8 @@ fn teacher_scores(
         );
     }
     // Built only on a cache miss: a model teacher is a second model in memory.
-    let mut score: Box<TeacherScorer<'_>> = match (kind, teacher_file) {
-        (Teacher::Model, Some(file)) => {
+    let mut score: Box<TeacherScorer<'_>> = match teacher_file {
+        Some(file) => {
             let mut teacher =
                 crate::reranker::Reranker::load(base, Some(&file), max_length, device).map_err(
                     |e| {
@@ -1070,7 +1070,7 @@ fn teacher_scores(
                 teacher.score(&q.query, &texts, &full, 8192)
             })
         }
-        _ => {
+        None => {
             let score = match kind {
                 Teacher::MaxSim => crate::biencoder::max_sim_scores,
                 _ => crate::biencoder::cosine_scores,
@@ -1107,7 +1107,7 @@ fn teacher_scores(
 
 /// The adapters file `data.teacher_model` names (a directory holding
 /// `adapters.safetensors`, or the file) and what identifies its content for the cache
-/// header: size and an FNV-1a hash of the bytes.
+/// header: size and `models::content_hash` of the bytes.
 fn teacher_model_file(named: &str) -> Result<(std::path::PathBuf, String)> {
     let path = Path::new(named);
     let file = if path.is_dir() {
@@ -1122,9 +1122,7 @@ fn teacher_model_file(named: &str) -> Result<(std::path::PathBuf, String)> {
             file.display()
         ))
     })?;
-    let hash = bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
-        (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
-    });
+    let hash = models::content_hash(&bytes);
     Ok((file, format!("{} bytes, fnv1a {hash:016x}", bytes.len())))
 }
 
