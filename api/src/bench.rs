@@ -284,7 +284,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
             }
             rates[i].push(pairs.len() as f64 / t.elapsed().as_secs_f64());
             eprint!(
-                "\rround {}/{}: {:<14} {:>7.1} pairs/s   ",
+                "\rround {}/{}: {:<20} {:>7.1} pairs/s   ",
                 round + 1,
                 args.repeats,
                 id,
@@ -304,7 +304,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let full_rate = ids.iter().position(|i| i == "full").map(|i| medians[i]);
     let peer_rate = (!peer_rates.is_empty()).then(|| median(peer_rates));
     println!(
-        "{:<14} {:>7} {:>9} {:>10} {:>8} {:>8}",
+        "{:<20} {:>7} {:>9} {:>10} {:>8} {:>8}",
         "config", "flops", "ndcg@10", "pairs/s", "× full", "× peer"
     );
     let mut rows = Vec::new();
@@ -313,7 +313,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         let x_full = full_rate.map(|f| rate / f);
         let x_peer = peer_rate.map(|p| rate / p);
         println!(
-            "{:<14} {:>7.3} {:>9} {:>10.1} {:>8} {:>8}",
+            "{:<20} {:>7.3} {:>9} {:>10.1} {:>8} {:>8}",
             id,
             entry.flops_ratio,
             entry
@@ -331,7 +331,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     }
     if let Some(p) = peer_rate {
         println!(
-            "{:<14} {:>7} {:>9} {:>10.1} {:>8} {:>8}",
+            "{:<20} {:>7} {:>9} {:>10.1} {:>8} {:>8}",
             "peer",
             "",
             "",

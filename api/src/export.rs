@@ -23,6 +23,11 @@ pub struct ExportArgs {
     /// 8-bit integer products; `models::precision`).
     #[arg(long)]
     pub int8: bool,
+    /// Also export a copy of every selected configuration (int8 twins included) whose
+    /// passages are cut to each of these token counts, e.g. `64,96` (`full-p64`: the
+    /// first 64 passage tokens; the copies run their twins' graphs).
+    #[arg(long, value_delimiter = ',')]
+    pub passage_caps: Vec<usize>,
     /// Output directory (graphs, weights.bin, tokenizer, manifest.json).
     #[arg(long)]
     pub out: PathBuf,
@@ -58,6 +63,10 @@ pub fn run(args: ExportArgs) -> Result<()> {
     if args.int8 {
         models::precision::add_int8_twins(&mut configs);
     }
+    if let Some(zero) = args.passage_caps.iter().find(|&&n| n == 0) {
+        bail!("--passage-caps {zero}: a cap keeps at least one passage token");
+    }
+    models::precision::add_passage_caps(&mut configs, &args.passage_caps);
     eprintln!(
         "export: {name} → {} ({} configurations)",
         args.out.display(),
@@ -123,8 +132,22 @@ fn measure_into(dir: &Path, mut manifest: Manifest, args: &ExportArgs) -> Result
 
 /// Drops the graphs off the frontier (the shared weights stay: every graph uses them).
 pub fn keep_frontier(dir: &Path, mut manifest: Manifest) -> Result<Manifest> {
-    for c in manifest.configs.iter().filter(|c| !c.frontier) {
-        let path = dir.join(&c.graph);
+    // A graph may serve several configurations (a passage cap runs its uncapped twin's
+    // graph): it goes only when none of them stays.
+    let kept: std::collections::HashSet<&str> = manifest
+        .configs
+        .iter()
+        .filter(|c| c.frontier)
+        .map(|c| c.graph.as_str())
+        .collect();
+    let unused: std::collections::BTreeSet<&str> = manifest
+        .configs
+        .iter()
+        .map(|c| c.graph.as_str())
+        .filter(|g| !kept.contains(g))
+        .collect();
+    for graph in unused {
+        let path = dir.join(graph);
         std::fs::remove_file(&path)
             .with_context(|| format!("{}: cannot remove", path.display()))?;
     }
@@ -138,12 +161,12 @@ pub fn keep_frontier(dir: &Path, mut manifest: Manifest) -> Result<Manifest> {
 
 pub fn print_manifest(m: &Manifest) {
     println!(
-        "{:<14} {:>5} {:>5} {:>10} {:>9} {:>11} {:>8}",
+        "{:<20} {:>5} {:>5} {:>10} {:>9} {:>11} {:>8}",
         "config", "depth", "ratio", "flops", "ndcg@10", "latency_ms", "frontier"
     );
     for c in &m.configs {
         println!(
-            "{:<14} {:>5} {:>5} {:>10.3} {:>9} {:>11} {:>8}",
+            "{:<20} {:>5} {:>5} {:>10.3} {:>9} {:>11} {:>8}",
             c.id,
             c.depth,
             c.ratio,
@@ -156,5 +179,64 @@ pub fn print_manifest(m: &Manifest) {
                 .unwrap_or("-".into()),
             if c.frontier { "yes" } else { "" }
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A graph several configurations run (a passage cap and its uncapped twin) stays
+    /// when only one of them is on the frontier; graphs of none go.
+    #[test]
+    fn keep_frontier_keeps_a_graph_any_kept_configuration_runs() {
+        let dir = tempfile::tempdir().unwrap();
+        let entry = |id: &str, graph: &str, frontier: bool| models::manifest::ConfigEntry {
+            id: id.into(),
+            depth: 2,
+            ratio: 1,
+            compress_layers: Vec::new(),
+            passage_tokens: id.contains("-p").then_some(8),
+            precision: models::Precision::F32,
+            graph: graph.into(),
+            flops_per_pair: 1.0,
+            flops_ratio: 1.0,
+            shared: Vec::new(),
+            ndcg_at_10: None,
+            latency_ms: None,
+            reference_batch: None,
+            frontier,
+        };
+        let manifest = Manifest {
+            format: models::manifest::MANIFEST_FORMAT.into(),
+            model: "test".into(),
+            family: "bert".into(),
+            architecture: "bert".into(),
+            num_layers: 2,
+            hidden_size: 4,
+            max_length: 64,
+            readout: "max-sim".into(),
+            merge_mode: "uniform".into(),
+            inputs: Vec::new(),
+            tokenizer: "tokenizer.json".into(),
+            model_config: "config.json".into(),
+            shared_weights: None,
+            reference_lengths: models::manifest::ReferenceLengths {
+                query: 32,
+                passage: 128,
+            },
+            configs: vec![
+                entry("full", "full.onnx", false),
+                entry("full-p8", "full.onnx", true),
+                entry("d1", "d1.onnx", false),
+            ],
+        };
+        for g in ["full.onnx", "d1.onnx"] {
+            std::fs::write(dir.path().join(g), b"graph").unwrap();
+        }
+        let kept = keep_frontier(dir.path(), manifest).unwrap();
+        assert_eq!(kept.configs.len(), 1);
+        assert!(dir.path().join("full.onnx").exists());
+        assert!(!dir.path().join("d1.onnx").exists());
     }
 }

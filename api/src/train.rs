@@ -170,8 +170,8 @@ fn write_eval(
             reranker.num_layers(),
             reranker.min_depth(),
         )?;
-        let subs = crate::eval::candle_configs(&configs, reranker.num_layers())?;
-        evaluate(&mut reranker, &queries, &qrels, &subs, 8192, true)?
+        let configs = crate::eval::candle_configs(&configs, reranker.num_layers())?;
+        evaluate(&mut reranker, &queries, &qrels, &configs, 8192, true)?
     };
     let json = serde_json::json!({"model": out.display().to_string(), "data": cfg.data.dev, "configs": results});
     std::fs::write(out.join("eval.json"), serde_json::to_string_pretty(&json)?)?;

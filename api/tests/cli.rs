@@ -427,6 +427,103 @@ fn export_int8_adds_a_twin_of_every_configuration() {
     bench_loads(&out, 4);
 }
 
+/// `--passage-caps` adds capped copies that run their twins' graphs (no new graph
+/// files), and both engines evaluate a capped configuration alike.
+#[test]
+fn passage_caps_export_without_new_graphs_and_evaluate_on_both_engines() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("tiny-caps");
+    let model = repo().join("fixtures/tiny-bert");
+    let model = model.to_str().unwrap();
+    let (ok, _, stderr) = mrank(&[
+        "export",
+        "--model",
+        model,
+        "--configs",
+        "full,d2",
+        "--int8",
+        "--passage-caps",
+        "2,3",
+        "--no-latency",
+        "--out",
+        out.to_str().unwrap(),
+        "--max-length",
+        "64",
+    ]);
+    assert!(ok, "{stderr}");
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("manifest.json")).unwrap()).unwrap();
+    let configs = manifest["configs"].as_array().unwrap();
+    assert_eq!(
+        configs.len(),
+        12,
+        "4 configurations, each also capped at 2 and 3"
+    );
+    let capped = configs.iter().find(|c| c["id"] == "d2-p3-int8").unwrap();
+    assert_eq!(capped["passage_tokens"], 3);
+    assert_eq!(capped["graph"], "d2-int8.onnx");
+    let graphs = std::fs::read_dir(&out)
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .path()
+                .extension()
+                .is_some_and(|x| x == "onnx")
+        })
+        .count();
+    assert_eq!(graphs, 4);
+    bench_loads(&out, 12);
+    let (ok, _, stderr) = mrank(&[
+        "export",
+        "--model",
+        model,
+        "--passage-caps",
+        "0",
+        "--no-latency",
+        "--out",
+        dir.path().join("zero").to_str().unwrap(),
+    ]);
+    assert!(!ok && stderr.contains("--passage-caps 0"), "{stderr}");
+
+    let (data, qrels) = tiny_data(dir.path());
+    // (id, nDCG@10, FLOPs on the data) of each configuration.
+    let metrics = |engine: &str| -> Vec<(String, f64, f64)> {
+        let (ok, stdout, stderr) = eval_json(
+            &data,
+            &qrels,
+            "full,full-p1,d2-p2",
+            &["--model", model, "--engine", engine],
+        );
+        assert!(ok, "{stderr}");
+        let value: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+        value["configs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| {
+                assert!(c["flops_ratio"].as_f64().unwrap() <= 1.0, "{c}");
+                (
+                    c["id"].as_str().unwrap().to_string(),
+                    c["ndcg@10"].as_f64().unwrap(),
+                    c["flops_ratio_on_data"].as_f64().unwrap(),
+                )
+            })
+            .collect()
+    };
+    let (candle, onnx) = (metrics("candle"), metrics("onnx"));
+    assert_eq!(candle.len(), 3);
+    for ((id, a, fa), (id2, b, fb)) in candle.iter().zip(&onnx) {
+        assert_eq!(id, id2);
+        assert!((a - b).abs() < 1e-4, "{id}: candle {a} onnx {b}");
+        assert!((fa - fb).abs() < 1e-9, "{id}: FLOPs on data {fa} vs {fb}");
+    }
+    // Every judged passage of the tiny data is longer than one token: a cap of one
+    // saves FLOPs on it, and full costs exactly full.
+    assert_eq!(candle[0].2, 1.0);
+    assert!(candle[1].2 < 1.0, "{candle:?}");
+}
+
 #[test]
 fn int8_configurations_evaluate_through_onnx_only() {
     let dir = tempfile::tempdir().unwrap();

@@ -112,34 +112,47 @@ pub fn export_with(
     let full_flops = pair_flops(&dims, lengths, &SubStructure::full(dims.num_layers));
     let mut store = WeightStore::new(SHARED_WEIGHTS_FILE);
     let mut entries = Vec::new();
+    // Graph file and shared weights of each graph written so far, by graph id: a
+    // capped configuration runs its uncapped twin's graph.
+    let mut graphs: std::collections::HashMap<String, (String, Vec<String>)> =
+        std::collections::HashMap::new();
     for config in &req.configs {
         let sub = &config.sub;
         let id = config.id(dims.num_layers);
-        let w = ModelWeights::new(checkpoint, adapters, config, &id, req.merge_adapters);
-        let mut g = GraphBuilder::new(Some(&mut store));
-        if isolated {
-            forward::build_split(&mut g, family.as_ref(), &w, sub, readout, mode)?;
-        } else {
-            forward::build(&mut g, family.as_ref(), &w, sub, readout, mode)?;
+        let graph_id = config.graph_id(dims.num_layers);
+        if !graphs.contains_key(&graph_id) {
+            let w = ModelWeights::new(checkpoint, adapters, config, &graph_id, req.merge_adapters);
+            let mut g = GraphBuilder::new(Some(&mut store));
+            if isolated {
+                forward::build_split(&mut g, family.as_ref(), &w, sub, readout, mode)?;
+            } else {
+                forward::build(&mut g, family.as_ref(), &w, sub, readout, mode)?;
+            }
+            let shared = g.shared.clone();
+            let model = g.finish(
+                &format!("mrank {graph_id}"),
+                &format!(
+                    "mrank sub-structure {graph_id} of {}",
+                    checkpoint.dir.display()
+                ),
+                &[
+                    ("mrank.config", graph_id.clone()),
+                    ("mrank.readout", readout.name().to_string()),
+                ],
+            );
+            let file = format!("{graph_id}.onnx");
+            let path = req.out.join(&file);
+            std::fs::write(&path, onnx::encode(&model)).map_err(io_err(&path))?;
+            graphs.insert(graph_id.clone(), (file, shared));
         }
-        let shared = g.shared.clone();
-        let model = g.finish(
-            &format!("mrank {id}"),
-            &format!("mrank sub-structure {id} of {}", checkpoint.dir.display()),
-            &[
-                ("mrank.config", id.clone()),
-                ("mrank.readout", readout.name().to_string()),
-            ],
-        );
-        let file = format!("{id}.onnx");
-        let path = req.out.join(&file);
-        std::fs::write(&path, onnx::encode(&model)).map_err(io_err(&path))?;
-        let flops = pair_flops(&dims, lengths, sub);
+        let (file, shared) = graphs[&graph_id].clone();
+        let flops = pair_flops(&dims, config.capped(lengths), sub);
         entries.push(ConfigEntry {
             id,
             depth: sub.depth,
             ratio: sub.ratio,
             compress_layers: sub.compress_layers.clone(),
+            passage_tokens: config.passage_tokens,
             precision: config.precision,
             graph: file,
             flops_per_pair: flops,

@@ -4,7 +4,7 @@
 
 use std::time::Instant;
 
-use models::{EncodedPair, PaddedBatch, Runtime};
+use models::{Configuration, EncodedPair, PaddedBatch, Runtime, SubStructure};
 use trainer::data::{Qrels, QueryCandidates};
 use trainer::eval::{mean_metrics, ConfigQuality};
 
@@ -103,15 +103,42 @@ pub fn evaluate_runtime(
             .map(|id| Ok(runtime.score_pairs(id, &pairs, token_budget)?))
             .collect::<Result<Vec<_>>>()
     })?;
+    // The configurations as the manifest describes them, for their FLOPs on this data.
+    let configs: Vec<Option<Configuration>> = ids
+        .iter()
+        .map(|id| runtime.config(id).map(|c| configuration(&c.entry)))
+        .collect();
+    let model_config = runtime.dir.join(&runtime.manifest.model_config);
+    let dims = models::ModelConfig::from_file(&model_config)?.dimensions();
+    let known: Vec<Configuration> = configs.iter().flatten().cloned().collect();
+    let mut on_data =
+        trainer::eval::flops_on_data(&runtime.encoder, &dims, queries, qrels, &known)?.into_iter();
     Ok(ids
         .iter()
         .zip(metrics)
-        .map(|(id, m)| {
+        .zip(&configs)
+        .map(|((id, m), config)| {
             let flops_ratio = runtime
                 .config(id)
                 .map(|c| c.entry.flops_ratio)
                 .unwrap_or(f64::NAN);
-            m.into_quality(id.clone(), flops_ratio)
+            ConfigQuality {
+                flops_ratio_on_data: config.as_ref().and_then(|_| on_data.next()),
+                ..m.into_quality(id.clone(), flops_ratio)
+            }
         })
         .collect())
+}
+
+/// The configuration a manifest entry describes.
+fn configuration(entry: &models::manifest::ConfigEntry) -> Configuration {
+    Configuration {
+        sub: SubStructure {
+            depth: entry.depth,
+            ratio: entry.ratio,
+            compress_layers: entry.compress_layers.clone(),
+        },
+        precision: entry.precision,
+        passage_tokens: entry.passage_tokens,
+    }
 }

@@ -170,6 +170,22 @@ fn check_family_with(
     .into_iter()
     .flatten()
     .collect();
+    // Passage caps: on the whole model, on a merged width and over int8. They run the
+    // graphs above on cut passages, so they add no graph file.
+    const CAP: usize = 4;
+    let capped: Vec<Configuration> = [
+        Some(Configuration::f32(SubStructure::full(dims.num_layers))),
+        configs
+            .iter()
+            .find(|s| s.ratio > 1)
+            .cloned()
+            .map(Configuration::f32),
+        Some(Configuration::int8(SubStructure::full(dims.num_layers))),
+    ]
+    .into_iter()
+    .flatten()
+    .map(|c| c.with_passage_tokens(CAP))
+    .collect();
     let out = tempfile::tempdir().unwrap();
     let max_length = 64;
     export_with(
@@ -183,6 +199,7 @@ fn check_family_with(
                 .cloned()
                 .map(Configuration::f32)
                 .chain(int8_of.iter().cloned().map(Configuration::int8))
+                .chain(capped.iter().cloned())
                 .collect(),
             out: out.path(),
             merge_adapters: false,
@@ -264,6 +281,77 @@ fn check_family_with(
                 (alone - got[k]).abs() <= 1e-4 * scale,
                 "{name} {id}: row {k} scores {alone} alone but {} in a batch",
                 got[k]
+            );
+        }
+    }
+    // A capped configuration scores what its graph scores on pairs encoded with the cap
+    // (`max_tokens_per_doc`), and what candle scores on them; its graph is its twin's.
+    let cut: Vec<EncodedPair> = passages
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let q = if i % 2 == 0 { query } else { "boats and tides" };
+            reranker.encoder.encode(q, p, Some(CAP)).unwrap()
+        })
+        .collect();
+    assert!(
+        pairs.iter().zip(&cut).any(|(a, b)| a != b),
+        "{name}: the cap must cut some passage"
+    );
+    let cut_batch = PaddedBatch::new(&cut, reranker.encoder.pad_id);
+    let graphs = std::fs::read_dir(out.path())
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .path()
+                .extension()
+                .is_some_and(|x| x == "onnx")
+        })
+        .count();
+    assert_eq!(
+        graphs,
+        configs.len() + int8_of.len(),
+        "{name}: one file per graph"
+    );
+    for c in &capped {
+        let id = c.id(dims.num_layers);
+        let twin = c.graph_id(dims.num_layers);
+        let entry = &runtime.config(&id).unwrap().entry;
+        assert_eq!(entry.passage_tokens, Some(CAP), "{name} {id}");
+        assert_eq!(
+            entry.graph,
+            runtime.config(&twin).unwrap().entry.graph,
+            "{name} {id}"
+        );
+        let got = runtime.run(&id, &batch).unwrap();
+        assert_eq!(got, runtime.run(&twin, &cut_batch).unwrap(), "{name} {id}");
+        let scored = runtime.score_pairs(&id, &pairs, 1 << 20).unwrap();
+        let scale = got.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-6);
+        assert!(
+            got.iter()
+                .zip(&scored)
+                .all(|(a, b)| (a - b).abs() <= 1e-4 * scale),
+            "{name} {id}: score_pairs {scored:?} does not cap as run does {got:?}"
+        );
+        if c.precision == models::Precision::F32 {
+            let expected: Vec<f32> = cut
+                .iter()
+                .map(|p| {
+                    reranker
+                        .score_pairs(std::slice::from_ref(p), &c.sub, 1 << 20)
+                        .unwrap()[0]
+                })
+                .collect();
+            let scale = expected.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-6);
+            let err = expected
+                .iter()
+                .zip(&got)
+                .fold(0f32, |m, (a, b)| m.max((a - b).abs()))
+                / scale;
+            assert!(
+                err <= 1e-4,
+                "{name} {id}: onnx {got:?} vs candle {expected:?}"
             );
         }
     }

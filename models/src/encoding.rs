@@ -62,6 +62,40 @@ impl EncodedPair {
             suffix: self.len() - self.passage.end(),
         }
     }
+
+    /// The pair with its passage cut to the first `cap` tokens: the same pair
+    /// `PairEncoder::encode` gives with `max_passage_tokens = Some(cap)`, since both cut
+    /// the passage's tokens, not its text. Everything after the passage (`[SEP]`, a
+    /// decoder's prompt and score position) moves up.
+    pub fn with_passage_cap(&self, cap: usize) -> EncodedPair {
+        if self.passage.len <= cap {
+            return self.clone();
+        }
+        let cut = self.passage.start + cap..self.passage.end();
+        let removed = cut.len();
+        let keep = |v: &[u32]| {
+            let mut out = Vec::with_capacity(v.len() - removed);
+            out.extend_from_slice(&v[..cut.start]);
+            out.extend_from_slice(&v[cut.end..]);
+            out
+        };
+        let shift = |pos: usize| if pos >= cut.end { pos - removed } else { pos };
+        EncodedPair {
+            input_ids: keep(&self.input_ids),
+            token_type_ids: keep(&self.token_type_ids),
+            query: self.query,
+            passage: Span {
+                start: self.passage.start,
+                len: cap,
+            },
+            prompt: self.prompt.map(|p| Span {
+                start: shift(p.start),
+                len: p.len,
+            }),
+            score_pos: shift(self.score_pos),
+            truncated: true,
+        }
+    }
 }
 
 enum Template {
@@ -397,6 +431,33 @@ impl PaddedBatch {
             passage: pairs.iter().map(|p| p.passage).collect(),
             score_pos: pairs.iter().map(|p| p.score_pos).collect(),
         }
+    }
+
+    /// Row `row` as the encoded pair it was made from (without a decoder's prompt
+    /// span, which a batch does not keep).
+    pub fn row(&self, row: usize) -> EncodedPair {
+        let range = row * self.seq_len..row * self.seq_len + self.lengths[row];
+        EncodedPair {
+            input_ids: self.input_ids[range.clone()].to_vec(),
+            token_type_ids: self.token_type_ids[range].to_vec(),
+            query: self.query[row],
+            passage: self.passage[row],
+            prompt: None,
+            score_pos: self.score_pos[row],
+            truncated: false,
+        }
+    }
+
+    /// The batch with every passage cut to its first `cap` tokens, padded again (a
+    /// capped configuration's input); `None` when no passage is longer than `cap`.
+    pub fn with_passage_cap(&self, cap: usize, pad_id: u32) -> Option<PaddedBatch> {
+        if self.passage.iter().all(|p| p.len <= cap) {
+            return None;
+        }
+        let rows: Vec<EncodedPair> = (0..self.batch_size)
+            .map(|r| self.row(r).with_passage_cap(cap))
+            .collect();
+        Some(PaddedBatch::new(&rows, pad_id))
     }
 
     /// The 0/1 attention mask, row-major.

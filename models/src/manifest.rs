@@ -9,7 +9,11 @@ use serde::{Deserialize, Serialize};
 use crate::error::{ModelsError, Result};
 
 /// 2: split graphs (isolated segments) take passages as `[CLS] p [SEP]`, positions from 0.
-pub const MANIFEST_FORMAT: &str = "mrank-manifest/2";
+/// 3: a configuration may cap its passages (`passage_tokens`) and share another's graph;
+/// an mrank that ignored the cap would serve it uncapped, so older versions must refuse.
+pub const MANIFEST_FORMAT: &str = "mrank-manifest/3";
+/// Formats this version reads: 2 differs from 3 only in having no caps.
+const READABLE_FORMATS: [&str; 2] = ["mrank-manifest/2", MANIFEST_FORMAT];
 pub const MANIFEST_FILE: &str = "manifest.json";
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -85,9 +89,14 @@ pub struct ConfigEntry {
     /// Passage tokens per merged token (1 = full width).
     pub ratio: usize,
     pub compress_layers: Vec<usize>,
+    /// Passage tokens kept (the first ones) before the graph runs; all when absent
+    /// (`models::precision`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub passage_tokens: Option<usize>,
     /// f32, or int8 projections (`models::precision`).
     #[serde(default)]
     pub precision: crate::Precision,
+    /// The ONNX graph file; capped configurations share their uncapped twin's.
     pub graph: String,
     pub flops_per_pair: f64,
     pub flops_ratio: f64,
@@ -123,12 +132,13 @@ impl Manifest {
             path: path.clone(),
             source: e,
         })?;
-        if manifest.format != MANIFEST_FORMAT {
+        if !READABLE_FORMATS.contains(&manifest.format.as_str()) {
             return Err(ModelsError::Manifest {
                 path,
                 message: format!(
-                    "manifest format {:?}, this mrank reads {MANIFEST_FORMAT:?}; export the model again with this version",
-                    manifest.format
+                    "manifest format {:?}, this mrank reads {}; export the model again with this version",
+                    manifest.format,
+                    READABLE_FORMATS.join(" and ")
                 ),
             });
         }

@@ -90,7 +90,9 @@ impl Default for RuntimeOptions {
 
 pub struct LoadedConfig {
     pub entry: ConfigEntry,
-    session: Mutex<Session>,
+    /// Shared by the configurations that run the same graph (a passage cap and its
+    /// uncapped twin): one session, one set of buffers.
+    session: Arc<Mutex<Session>>,
 }
 
 /// A loaded export directory.
@@ -156,11 +158,20 @@ impl Runtime {
         };
         let prepacked = PrepackedWeights::new();
         let mut configs = Vec::new();
+        let mut sessions: std::collections::HashMap<String, Arc<Mutex<Session>>> =
+            std::collections::HashMap::new();
         for entry in &manifest.configs {
             if let Some(wanted) = &options.configs {
                 if !wanted.contains(&entry.id) {
                     continue;
                 }
+            }
+            if let Some(session) = sessions.get(&entry.graph) {
+                configs.push(LoadedConfig {
+                    entry: entry.clone(),
+                    session: Arc::clone(session),
+                });
+                continue;
             }
             let graph = dir.join(&entry.graph);
             if !graph.is_file() {
@@ -189,9 +200,11 @@ impl Runtime {
                     ),
                 });
             }
+            let session = Arc::new(Mutex::new(session));
+            sessions.insert(entry.graph.clone(), Arc::clone(&session));
             configs.push(LoadedConfig {
                 entry: entry.clone(),
-                session: Mutex::new(session),
+                session,
             });
         }
         Ok(Runtime {
@@ -213,14 +226,24 @@ impl Runtime {
         self.configs.iter().map(|c| c.entry.id.clone()).collect()
     }
 
-    /// Runs one padded batch under configuration `id`: one score per row.
-    pub fn run(&self, id: &str, batch: &PaddedBatch) -> Result<Vec<f32>> {
-        let config = self.config(id).ok_or_else(|| {
+    fn loaded(&self, id: &str) -> Result<&LoadedConfig> {
+        self.config(id).ok_or_else(|| {
             ModelsError::Runtime(format!(
                 "configuration {id:?} is not loaded (loaded: {})",
                 self.config_ids().join(", ")
             ))
-        })?;
+        })
+    }
+
+    /// Runs one padded batch under configuration `id`: one score per row. A capped
+    /// configuration cuts the batch's passages first.
+    pub fn run(&self, id: &str, batch: &PaddedBatch) -> Result<Vec<f32>> {
+        let config = self.loaded(id)?;
+        let capped = config
+            .entry
+            .passage_tokens
+            .and_then(|cap| batch.with_passage_cap(cap, self.encoder.pad_id));
+        let batch = capped.as_ref().unwrap_or(batch);
         let named = if self.split_segments {
             split_inputs(batch, self.encoder.pad_id, true)
         } else {
@@ -280,6 +303,15 @@ impl Runtime {
         pairs: &[EncodedPair],
         token_budget: usize,
     ) -> Result<Vec<f32>> {
+        // Capped before batching, so batches fill the budget with the tokens that run.
+        let capped: Vec<EncodedPair>;
+        let pairs = match self.loaded(id)?.entry.passage_tokens {
+            Some(cap) if pairs.iter().any(|p| p.passage.len > cap) => {
+                capped = pairs.iter().map(|p| p.with_passage_cap(cap)).collect();
+                &capped[..]
+            }
+            _ => pairs,
+        };
         let mut out = vec![0f32; pairs.len()];
         for batch in crate::encoding::token_budget_batches(pairs, token_budget) {
             let chunk: Vec<EncodedPair> = batch.iter().map(|&i| pairs[i].clone()).collect();

@@ -65,7 +65,7 @@ impl SubStructure {
         let err = |message: &str| {
             ModelsError::SubStructure {
             id: id.to_string(),
-            message: format!("{message}; expected `full`, `d<depth>` or `d<depth>-r<ratio>@<layer>[,<layer>...]`, e.g. `d4-r2@2`, each optionally followed by `-int8`"),
+            message: format!("{message}; expected `full`, `d<depth>` or `d<depth>-r<ratio>@<layer>[,<layer>...]`, e.g. `d4-r2@2`, each optionally followed by `-p<N>` (passage cut to N tokens) and then `-int8`"),
         }
         };
         let id = id.trim();

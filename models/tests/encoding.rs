@@ -114,6 +114,40 @@ fn truncation_cuts_the_passage_first_and_caps_the_query() {
     assert_eq!(capped.passage.len, 10);
 }
 
+/// A configuration's passage cap, applied to an encoded pair, gives exactly the pair
+/// the encoder makes with that cap (the runtime caps pairs the server encoded once).
+#[test]
+fn passage_cap_of_an_encoded_pair_equals_encoding_with_the_cap() {
+    let passage = "the quick brown fox jumps over the lazy dog near the river bank ".repeat(4);
+    let mut encoders = vec![
+        ("minilm", PairEncoder::new(&minilm(), 128).unwrap()),
+        (
+            "minilm isolated",
+            PairEncoder::new(&minilm(), 128)
+                .unwrap()
+                .with_isolated_segments(true)
+                .unwrap(),
+        ),
+    ];
+    for family in ["tiny-llama", "tiny-gemma2"] {
+        let ck = Checkpoint::open(fixture(family)).unwrap();
+        encoders.push((family, PairEncoder::new(&ck, 256).unwrap()));
+    }
+    for (name, enc) in &encoders {
+        let whole = enc.encode("what is a fox", &passage, None).unwrap();
+        assert!(
+            whole.passage.len > 12,
+            "{name}: the passage must be long enough to cut"
+        );
+        for cap in [1, 5, 12] {
+            let want = enc.encode("what is a fox", &passage, Some(cap)).unwrap();
+            assert_eq!(whole.with_passage_cap(cap), want, "{name}, cap {cap}");
+        }
+        // A cap at or over the passage's length changes nothing.
+        assert_eq!(whole.with_passage_cap(whole.passage.len), whole, "{name}");
+    }
+}
+
 /// A max length past the position table truncates to the table (tiny-bert has 64
 /// positions) instead of producing pairs the model cannot embed.
 #[test]

@@ -24,7 +24,8 @@
 //!   exceeds the target: an oversized request waits behind the short ones that arrive
 //!   after it instead of starving them.
 //! - **Latency model.** Per configuration, `per_batch + per_token · padded tokens`,
-//!   recalibrated after every batch.
+//!   recalibrated after every batch. A configuration that caps passages is costed, and
+//!   batched, on the tokens it runs: each pair's passage cut to the cap.
 
 pub mod latency;
 
@@ -42,6 +43,19 @@ pub struct ConfigInfo {
     /// Dev quality (higher is better); the ladder is sorted by it.
     pub quality: f64,
     pub latency: LatencyModel,
+    /// Passage tokens the configuration keeps (`models::precision`); all when `None`.
+    pub passage_tokens: Option<usize>,
+}
+
+impl ConfigInfo {
+    /// Tokens of a pair of `pair` tokens, `passage` of them its passage's, under this
+    /// configuration.
+    pub fn tokens_run(&self, pair: usize, passage: usize) -> usize {
+        match self.passage_tokens {
+            Some(cap) if passage > cap => pair - (passage - cap),
+            _ => pair,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -96,6 +110,9 @@ pub enum Choice {
 pub struct RequestSpec {
     /// Tokens of each (query, document) pair.
     pub pair_tokens: Vec<usize>,
+    /// How many of each pair's tokens are its passage's, for configurations that cap
+    /// passages; empty when unknown (then no cap shortens a pair).
+    pub passage_tokens: Vec<usize>,
     pub choice: Choice,
     /// Own deadline, seconds from admission (else the SLO target applies).
     pub deadline_s: Option<f64>,
@@ -244,6 +261,21 @@ impl Scheduler {
             return Err(Rejection::Empty);
         }
         let tokens: usize = spec.pair_tokens.iter().sum();
+        // Each pair's tokens under each rung (a rung that caps passages runs fewer).
+        let mut run_tokens: Vec<Vec<usize>> = self
+            .configs
+            .iter()
+            .map(|c| {
+                spec.pair_tokens
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &t)| {
+                        c.tokens_run(t, spec.passage_tokens.get(i).copied().unwrap_or(0))
+                    })
+                    .collect()
+            })
+            .collect();
+        let rung_tokens: Vec<usize> = run_tokens.iter().map(|t| t.iter().sum()).collect();
         if self.queued_tokens + tokens > self.settings.max_queued_tokens {
             return Err(Rejection::Overloaded {
                 retry_after_s: self.drain_time(now),
@@ -256,7 +288,7 @@ impl Scheduler {
                     .config_index(id)
                     .ok_or_else(|| Rejection::UnknownConfig(id.clone()))?;
                 if let Some(deadline) = spec.deadline_s {
-                    let predicted = self.predict_due(c, tokens, now + deadline, now);
+                    let predicted = self.predict_due(c, rung_tokens[c], now + deadline, now);
                     if predicted > deadline {
                         return Err(Rejection::DeadlineUnmeetable {
                             predicted_s: predicted,
@@ -267,19 +299,19 @@ impl Scheduler {
                 c
             }
             Choice::Auto => match spec.deadline_s {
-                None => self.choose_for_slo(tokens, now)?,
+                None => self.choose_for_slo(&rung_tokens, now)?,
                 Some(deadline) => {
                     // A request's own deadline picks its rung but never moves the
                     // shared level, and never beats the level the load has set.
-                    match (self.level..=cheapest)
-                        .find(|&c| self.predict_due(c, tokens, now + deadline, now) <= deadline)
-                    {
+                    match (self.level..=cheapest).find(|&c| {
+                        self.predict_due(c, rung_tokens[c], now + deadline, now) <= deadline
+                    }) {
                         Some(c) => c,
                         None => {
                             return Err(Rejection::DeadlineUnmeetable {
                                 predicted_s: self.predict_due(
                                     cheapest,
-                                    tokens,
+                                    rung_tokens[cheapest],
                                     now + deadline,
                                     now,
                                 ),
@@ -290,19 +322,21 @@ impl Scheduler {
                 }
             },
         };
+        let tokens = rung_tokens[config];
         let deadline = self.deadline_for(config, tokens, spec.deadline_s, now);
         let predicted_s = self.predict_due(config, tokens, deadline, now);
         let id = self.next_id;
         self.next_id += 1;
-        let mut order: Vec<usize> = (0..spec.pair_tokens.len()).collect();
-        order.sort_by_key(|&i| std::cmp::Reverse(spec.pair_tokens[i]));
+        let pair_tokens = run_tokens.swap_remove(config);
+        let mut order: Vec<usize> = (0..pair_tokens.len()).collect();
+        order.sort_by_key(|&i| std::cmp::Reverse(pair_tokens[i]));
         self.pending.insert(
             id,
             Pending {
                 config,
                 deadline,
                 remaining: order.into(),
-                tokens: spec.pair_tokens,
+                tokens: pair_tokens,
                 in_flight: 0,
             },
         );
@@ -316,9 +350,12 @@ impl Scheduler {
         })
     }
 
-    /// The hysteresis rule for SLO-bound requests (see the crate docs).
-    fn choose_for_slo(&mut self, tokens: usize, now: f64) -> Result<usize, Rejection> {
+    /// The hysteresis rule for SLO-bound requests (see the crate docs); `rung_tokens`:
+    /// the request's tokens under each rung.
+    fn choose_for_slo(&mut self, rung_tokens: &[usize], now: f64) -> Result<usize, Rejection> {
         let cheapest = self.configs.len() - 1;
+        // The climb yardstick counts the best rung's tokens (uncapped unless it caps).
+        let tokens = rung_tokens[0];
         self.typical_tokens = if self.typical_tokens == 0.0 {
             tokens as f64
         } else {
@@ -330,21 +367,25 @@ impl Scheduler {
             self.level = 0;
         }
         let up = self.settings.up_margin * self.settings.admit_headroom;
-        let typical = self.typical_tokens.round() as usize;
+        // A typical request under rung `c`: shortened as this request is by its cap.
+        let typical = |c: usize| {
+            (self.typical_tokens * rung_tokens[c] as f64 / tokens.max(1) as f64).round() as usize
+        };
         if self.level > 0
-            && self.fits_within(self.level - 1, typical, up, now)
-            && self.fits(self.level - 1, tokens, now)
+            && self.fits_within(self.level - 1, typical(self.level - 1), up, now)
+            && self.fits(self.level - 1, rung_tokens[self.level - 1], now)
         {
             self.level -= 1;
             return Ok(self.level);
         }
-        match (self.level..=cheapest).find(|&c| self.fits(c, tokens, now)) {
+        match (self.level..=cheapest).find(|&c| self.fits(c, rung_tokens[c], now)) {
             Some(c) => {
                 self.level = c;
                 Ok(c)
             }
             None => {
                 self.level = cheapest;
+                let tokens = rung_tokens[cheapest];
                 if self.fits_within(cheapest, tokens, self.settings.admit_headroom, now) {
                     Ok(cheapest)
                 } else {
@@ -491,10 +532,23 @@ impl Scheduler {
         }
     }
 
-    /// Current predicted seconds of a reference request under each configuration.
-    pub fn estimates(&self, tokens: usize, now: f64) -> Vec<(String, f64)> {
-        (0..self.configs.len())
-            .map(|c| (self.configs[c].id.clone(), self.predict(c, tokens, now)))
+    /// Current predicted seconds of a reference request of `pairs` pairs of
+    /// `pair_tokens` tokens (`passage_tokens` of them the passage's) under each
+    /// configuration.
+    pub fn estimates(
+        &self,
+        pairs: usize,
+        pair_tokens: usize,
+        passage_tokens: usize,
+        now: f64,
+    ) -> Vec<(String, f64)> {
+        self.configs
+            .iter()
+            .enumerate()
+            .map(|(c, info)| {
+                let tokens = pairs * info.tokens_run(pair_tokens, passage_tokens);
+                (info.id.clone(), self.predict(c, tokens, now))
+            })
             .collect()
     }
 }

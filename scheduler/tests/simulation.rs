@@ -27,6 +27,7 @@ fn scheduler(initial_error: f64) -> Scheduler {
             id: id.into(),
             quality: q,
             latency: LatencyModel::new(PER_BATCH, per_token * initial_error),
+            passage_tokens: None,
         })
         .collect();
     Scheduler::new(
@@ -122,6 +123,7 @@ fn simulate_arrivals(
             match s.admit(
                 RequestSpec {
                     pair_tokens: tokens,
+                    passage_tokens: Vec::new(),
                     choice: choice(n),
                     deadline_s: None,
                 },
@@ -310,6 +312,7 @@ fn a_long_request_does_not_starve_a_short_one() {
         .admit(
             RequestSpec {
                 pair_tokens: vec![120; 1000],
+                passage_tokens: Vec::new(),
                 choice: Choice::Pinned("full".into()),
                 deadline_s: None,
             },
@@ -320,6 +323,7 @@ fn a_long_request_does_not_starve_a_short_one() {
         .admit(
             RequestSpec {
                 pair_tokens: vec![120; 20],
+                passage_tokens: Vec::new(),
                 choice: Choice::Pinned("full".into()),
                 deadline_s: None,
             },
@@ -352,6 +356,7 @@ fn cancelled_work_is_dropped() {
         .admit(
             RequestSpec {
                 pair_tokens: vec![100; 300],
+                passage_tokens: Vec::new(),
                 choice: Choice::Auto,
                 deadline_s: None,
             },
@@ -376,6 +381,7 @@ fn deadlines_and_bad_requests_are_refused_with_reasons() {
         s.admit(
             RequestSpec {
                 pair_tokens: vec![],
+                passage_tokens: Vec::new(),
                 choice: Choice::Auto,
                 deadline_s: None
             },
@@ -388,6 +394,7 @@ fn deadlines_and_bad_requests_are_refused_with_reasons() {
         s.admit(
             RequestSpec {
                 pair_tokens: vec![10],
+                passage_tokens: Vec::new(),
                 choice: Choice::Pinned("d9".into()),
                 deadline_s: None
             },
@@ -401,6 +408,7 @@ fn deadlines_and_bad_requests_are_refused_with_reasons() {
         .admit(
             RequestSpec {
                 pair_tokens: vec![150; 1000],
+                passage_tokens: Vec::new(),
                 choice: Choice::Auto,
                 deadline_s: Some(0.01),
             },
@@ -416,6 +424,7 @@ fn deadlines_and_bad_requests_are_refused_with_reasons() {
         .admit(
             RequestSpec {
                 pair_tokens: vec![150; 10],
+                passage_tokens: Vec::new(),
                 choice: Choice::Auto,
                 deadline_s: Some(30.0),
             },
@@ -423,4 +432,57 @@ fn deadlines_and_bad_requests_are_refused_with_reasons() {
         )
         .unwrap();
     assert_eq!(ok.config, "full");
+}
+
+/// A rung that caps passages is costed and batched on the tokens it runs: long
+/// passages make the uncapped best rung miss the target while the capped one fits,
+/// and its batches pack pairs by their capped length.
+#[test]
+fn a_capped_rung_is_costed_and_batched_on_its_capped_tokens() {
+    let ladder = || {
+        let configs = vec![
+            ConfigInfo {
+                id: "full".into(),
+                quality: 0.68,
+                latency: LatencyModel::new(PER_BATCH, 250e-6),
+                passage_tokens: None,
+            },
+            ConfigInfo {
+                id: "full-p64".into(),
+                quality: 0.67,
+                latency: LatencyModel::new(PER_BATCH, 250e-6),
+                passage_tokens: Some(64),
+            },
+        ];
+        Scheduler::new(
+            configs,
+            SchedulerConfig {
+                slo_target_s: 1.0,
+                ..Default::default()
+            },
+        )
+    };
+    // 30 pairs of 300 tokens, 290 of them the passage's: about 2.5 s at full and 0.62 s
+    // capped (74 tokens a pair), against a target of 1 s with 0.65 headroom.
+    let request = |passages: Vec<usize>| RequestSpec {
+        pair_tokens: vec![300; 30],
+        passage_tokens: passages,
+        choice: Choice::Auto,
+        deadline_s: None,
+    };
+    let mut s = ladder();
+    let admitted = s.admit(request(vec![290; 30]), 0.0).unwrap();
+    assert_eq!(admitted.config, "full-p64");
+    assert!(admitted.predicted_s < 0.65, "{}", admitted.predicted_s);
+    assert_eq!(s.stats(0.0).queued_tokens, 30 * 74);
+    let plan = s.next_batch(0.0).unwrap();
+    assert_eq!(plan.config, "full-p64");
+    // The default 2,048-token budget holds 27 capped pairs (6 uncapped).
+    assert_eq!(plan.items.len(), 2048 / 74);
+    assert_eq!(plan.padded_tokens, 27 * 74);
+    // Without the passages' lengths the cap cannot be counted on: the request is
+    // costed as it would run uncapped (about 2.5 s on either rung; an oversized request
+    // gets a stretched deadline).
+    let unknown = ladder().admit(request(Vec::new()), 0.0).unwrap();
+    assert!(unknown.predicted_s > 2.0, "{unknown:?}");
 }

@@ -1,11 +1,12 @@
-//! Evaluation: nDCG@10 and MRR@10 of every requested sub-structure on a candidate file
-//! with judgments. Pairs are encoded once per query; sub-structures that share width and
-//! adapters are scored in one pass at their deepest depth, reading every head on the way.
+//! Evaluation: nDCG@10 and MRR@10 of every requested configuration on a candidate file
+//! with judgments. Pairs are encoded once per query (and cut once per passage cap);
+//! sub-structures that share width, cap and adapters are scored in one pass at their
+//! deepest depth, reading every head on the way.
 
 use std::collections::BTreeMap;
 use std::io::Write;
 
-use models::{pair_flops, SubStructure};
+use models::{pair_flops, Configuration, EncodedPair, Precision, SubStructure};
 use serde::Serialize;
 
 use crate::data::{Qrels, QueryCandidates};
@@ -21,6 +22,11 @@ pub struct ConfigQuality {
     #[serde(rename = "mrr@10")]
     pub mrr10: f64,
     pub flops_ratio: f64,
+    /// FLOPs relative to full on the evaluated pairs as they come (each passage cut to
+    /// the configuration's cap), where `flops_ratio` is at the reference lengths: the
+    /// two differ for passage caps, whose saving depends on the passages' lengths.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub flops_ratio_on_data: Option<f64>,
     /// Each judged query's metrics by query id (`mrank eval --per-query`, as
     /// `trec_eval -q`): what a paired comparison of two models or configurations needs
     /// (`scripts/compare_quality.py`). `None` when not asked for.
@@ -53,6 +59,7 @@ impl ScorerMetrics {
             ndcg10: self.ndcg10,
             mrr10: self.mrr10,
             flops_ratio,
+            flops_ratio_on_data: None,
             per_query: Some(self.per_query),
         }
     }
@@ -120,55 +127,112 @@ pub fn mean_metrics<E>(
         .collect())
 }
 
-/// Groups sub-structures that one forward pass can score together.
-fn pass_groups(reranker: &Reranker, subs: &[SubStructure]) -> Vec<(SubStructure, Vec<usize>)> {
-    let mut groups: BTreeMap<(usize, Vec<usize>, Vec<String>), Vec<usize>> = BTreeMap::new();
-    for (i, s) in subs.iter().enumerate() {
+/// FLOPs of each configuration over the pairs of the judged queries (the pairs an
+/// evaluation scores), relative to the full model's over the same pairs.
+pub fn flops_on_data(
+    encoder: &models::PairEncoder,
+    dims: &models::Dimensions,
+    queries: &[QueryCandidates],
+    qrels: &Qrels,
+    configs: &[Configuration],
+) -> Result<Vec<f64>> {
+    let mut totals = vec![0.0; configs.len()];
+    let mut full = 0.0;
+    let whole = SubStructure::full(dims.num_layers);
+    for q in queries
+        .iter()
+        .filter(|q| qrels.by_query.contains_key(&q.qid))
+    {
+        for c in &q.candidates {
+            let lengths = encoder.encode(&q.query, &c.text, None)?.lengths();
+            full += pair_flops(dims, lengths, &whole);
+            for (total, config) in totals.iter_mut().zip(configs) {
+                *total += pair_flops(dims, config.capped(lengths), &config.sub);
+            }
+        }
+    }
+    Ok(totals.into_iter().map(|t| t / full.max(1.0)).collect())
+}
+
+/// One forward pass: the sub-structure run (at its members' deepest depth), the passage
+/// cap it runs under, and the configurations (indices) it scores.
+struct Pass {
+    sub: SubStructure,
+    passage_tokens: Option<usize>,
+    members: Vec<usize>,
+}
+
+/// Groups configurations that one forward pass can score together.
+fn pass_groups(reranker: &Reranker, configs: &[Configuration]) -> Vec<Pass> {
+    type Key = (Option<usize>, usize, Vec<usize>, Vec<String>);
+    let mut groups: BTreeMap<Key, Vec<usize>> = BTreeMap::new();
+    for (i, c) in configs.iter().enumerate() {
         let key = (
-            s.ratio,
-            s.compress_layers.clone(),
-            reranker.adapters.active_sets(s),
+            c.passage_tokens,
+            c.sub.ratio,
+            c.sub.compress_layers.clone(),
+            reranker.adapters.active_sets(&c.sub),
         );
         groups.entry(key).or_default().push(i);
     }
     groups
-        .into_values()
-        .map(|members| {
+        .into_iter()
+        .map(|((passage_tokens, ..), members)| {
             let deepest = members
                 .iter()
-                .map(|&i| subs[i].depth)
+                .map(|&i| configs[i].sub.depth)
                 .max()
                 .expect("non-empty group");
-            let mut sub = subs[members[0]].clone();
+            let mut sub = configs[members[0]].sub.clone();
             sub.depth = deepest;
-            (sub, members)
+            Pass {
+                sub,
+                passage_tokens,
+                members,
+            }
         })
         .collect()
 }
 
-/// Evaluates `subs` on `queries` judged by `qrels` (queries without judgments skipped).
-/// Progress goes to stderr when `progress` is set.
+/// Evaluates f32 `configs` (the candle forward has no int8) on `queries` judged by
+/// `qrels` (queries without judgments skipped). Progress goes to stderr when
+/// `progress` is set.
 pub fn evaluate(
     reranker: &mut Reranker,
     queries: &[QueryCandidates],
     qrels: &Qrels,
-    subs: &[SubStructure],
+    configs: &[Configuration],
     token_budget: usize,
     progress: bool,
 ) -> Result<Vec<ConfigQuality>> {
-    let groups = pass_groups(reranker, subs);
-    let metrics = mean_metrics(queries, qrels, subs.len(), "eval", progress, |q| {
+    let layers = reranker.num_layers();
+    if let Some(c) = configs.iter().find(|c| c.precision != Precision::F32) {
+        return Err(crate::error::TrainerError::Input(format!(
+            "{}: the candle forward computes f32 only; int8 configurations exist as ONNX \
+             graphs (mrank eval --engine onnx)",
+            c.id(layers)
+        )));
+    }
+    let passes = pass_groups(reranker, configs);
+    let metrics = mean_metrics(queries, qrels, configs.len(), "eval", progress, |q| {
         let pairs = q
             .candidates
             .iter()
             .map(|c| reranker.encoder.encode(&q.query, &c.text, None))
             .collect::<models::Result<Vec<_>>>()?;
-        let mut scores = vec![Vec::new(); subs.len()];
-        for (sub, members) in &groups {
-            let by_depth = reranker.score_pairs_all_depths(&pairs, sub, token_budget)?;
-            for &i in members {
+        let mut capped: BTreeMap<usize, Vec<EncodedPair>> = BTreeMap::new();
+        let mut scores = vec![Vec::new(); configs.len()];
+        for pass in &passes {
+            let pairs = match pass.passage_tokens {
+                None => &pairs,
+                Some(cap) => capped
+                    .entry(cap)
+                    .or_insert_with(|| pairs.iter().map(|p| p.with_passage_cap(cap)).collect()),
+            };
+            let by_depth = reranker.score_pairs_all_depths(pairs, &pass.sub, token_budget)?;
+            for &i in &pass.members {
                 // Indexed, not taken: an id listed twice reads the same depth twice.
-                scores[i] = by_depth[&subs[i].depth].clone();
+                scores[i] = by_depth[&configs[i].sub.depth].clone();
             }
         }
         Ok::<_, crate::error::TrainerError>(scores)
@@ -176,10 +240,18 @@ pub fn evaluate(
     let dims = reranker.backbone_dims();
     let lengths = reranker.encoder.reference_lengths();
     let full = pair_flops(&dims, lengths, &SubStructure::full(dims.num_layers));
-    Ok(subs
+    let on_data = flops_on_data(&reranker.encoder, &dims, queries, qrels, configs)?;
+    Ok(configs
         .iter()
         .zip(metrics)
-        .map(|(s, m)| m.into_quality(s.id(dims.num_layers), pair_flops(&dims, lengths, s) / full))
+        .zip(on_data)
+        .map(|((c, m), on_data)| {
+            let flops = pair_flops(&dims, c.capped(lengths), &c.sub);
+            ConfigQuality {
+                flops_ratio_on_data: Some(on_data),
+                ..m.into_quality(c.id(dims.num_layers), flops / full)
+            }
+        })
         .collect())
 }
 

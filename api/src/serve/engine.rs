@@ -110,6 +110,7 @@ impl Engine {
         }
         let spec = RequestSpec {
             pair_tokens: pairs.iter().map(|p| p.len()).collect(),
+            passage_tokens: pairs.iter().map(|p| p.passage.len).collect(),
             choice,
             deadline_s,
         };
@@ -160,13 +161,13 @@ impl Engine {
         self.lock().scheduler.stats(now)
     }
 
-    /// Predicted seconds for a reference request (60 pairs of 100 tokens) per
-    /// configuration, plus the calibrated latency model of each.
+    /// Predicted seconds for a reference request (60 pairs of 100 tokens, 88 of them
+    /// the passage's) per configuration, plus the calibrated latency model of each.
     pub fn estimates(&self) -> Vec<(String, f64, f64, f64)> {
         let now = self.now();
         let state = self.lock();
         let s = &state.scheduler;
-        s.estimates(6000, now)
+        s.estimates(60, 100, 88, now)
             .into_iter()
             .map(|(id, predicted)| {
                 let m = &s.configs[s.config_index(&id).expect("listed")].latency;

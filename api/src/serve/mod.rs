@@ -150,7 +150,9 @@ pub fn run(args: ServeArgs) -> Result<()> {
                     e.id
                 ));
                 let m = &runtime.manifest.reference_lengths;
-                let reference_tokens = export::measure::REFERENCE_BATCH * (m.query + m.passage + 3);
+                // The reference batch ran its passages cut to the configuration's cap.
+                let passage = e.passage_tokens.map_or(m.passage, |cap| m.passage.min(cap));
+                let reference_tokens = export::measure::REFERENCE_BATCH * (m.query + passage + 3);
                 match e.latency_ms {
                     Some(ms) => LatencyModel::from_reference(ms / 1000.0, reference_tokens),
                     None => LatencyModel::new(0.002, 250e-6 * e.flops_ratio),
@@ -160,6 +162,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
                 id: e.id.clone(),
                 quality: e.ndcg_at_10.unwrap_or(e.flops_ratio),
                 latency,
+                passage_tokens: e.passage_tokens,
             }
         })
         .collect();
@@ -224,11 +227,15 @@ pub fn run(args: ServeArgs) -> Result<()> {
     })
 }
 
-/// Times a small and a budget-sized batch of 100-token pairs (after a warm-up run of
+/// Times a small and a budget-sized batch of 100-token pairs, or shorter when the
+/// configuration caps passages (after a warm-up run of
 /// each; mean of two runs) and fits `per_batch + per_token · tokens` through the two points.
 fn calibrate(runtime: &Runtime, id: &str, budget: usize) -> models::Result<LatencyModel> {
     let passage = vec!["water"; 90].join(" ");
-    let pair = runtime.encoder.encode("river flow", &passage, None)?;
+    // Cut as the configuration cuts it, so the fit is over the tokens that run (the
+    // scheduler counts a capped configuration's tokens the same way).
+    let cap = runtime.config(id).and_then(|c| c.entry.passage_tokens);
+    let pair = runtime.encoder.encode("river flow", &passage, cap)?;
     let len = pair.len();
     let time = |n: usize| -> models::Result<(usize, f64)> {
         let batch = models::PaddedBatch::new(&vec![pair.clone(); n], runtime.encoder.pad_id);
@@ -413,7 +420,7 @@ async fn configs(State(app): State<Shared>) -> Json<serde_json::Value> {
     Json(serde_json::json!({
         "manifest": m,
         "ladder": live,
-        "reference_request": "60 pairs of 100 tokens",
+        "reference_request": "60 pairs of 100 tokens, 88 of them the passage's",
         "level": stats.level,
         "degradation": stats.degradation,
         "queue": {"requests": stats.queued_requests, "pairs": stats.queued_pairs, "tokens": stats.queued_tokens},
