@@ -139,9 +139,16 @@ pub fn run(args: ServeArgs) -> Result<()> {
         "warming {} configurations and calibrating their latency",
         runtime.configs.len()
     ));
-    let ladder: Vec<ConfigInfo> = runtime
-        .configs
-        .iter()
+    // Best first by the manifest's ranking, so that the scheduler's (stable) sort by
+    // quality leaves a passage cap behind the configuration it ties with.
+    let manifest = &runtime.manifest;
+    let mut ranked: Vec<&models::runtime::LoadedConfig> = runtime.configs.iter().collect();
+    ranked.sort_by(|a, b| {
+        let (ka, kb) = (manifest.rank_key(&a.entry), manifest.rank_key(&b.entry));
+        kb.0.total_cmp(&ka.0).then(kb.1.cmp(&ka.1))
+    });
+    let ladder: Vec<ConfigInfo> = ranked
+        .into_iter()
         .map(|c| {
             let e = &c.entry;
             let latency = calibrate(&runtime, &e.id, args.batch_tokens).unwrap_or_else(|err| {
@@ -160,7 +167,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
             });
             ConfigInfo {
                 id: e.id.clone(),
-                quality: e.ndcg_at_10.unwrap_or(e.flops_ratio),
+                quality: manifest.ranking_quality(e),
                 latency,
                 passage_tokens: e.passage_tokens,
             }
