@@ -302,6 +302,58 @@ fn pinned_configuration_is_used() {
     }
 }
 
+/// The embedded default serves passage caps as rungs (its committed quality table
+/// has them); `--passage-caps false` serves none, and refuses to load one by name.
+#[test]
+fn passage_caps_can_be_left_out_of_the_ladder() {
+    // The loaded configurations whose manifest entry caps passages.
+    let capped = |s: &Server| -> Vec<String> {
+        let manifest = get(s.port, "/configs").json()["manifest"].clone();
+        let loaded = get(s.port, "/info").json()["configs"].clone();
+        manifest["configs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|c| c["passage_tokens"].is_u64())
+            .map(|c| c["id"].as_str().unwrap().to_string())
+            .filter(|id| loaded.as_array().unwrap().iter().any(|l| l == id.as_str()))
+            .collect()
+    };
+    let dir = export_dir();
+    let with = start(&["--model", &dir], &[]);
+    let some = capped(&with);
+    assert!(!some.is_empty(), "the default serves capped rungs");
+    drop(with);
+    let without = start(&["--model", &dir, "--passage-caps", "false"], &[]);
+    assert_eq!(capped(&without), Vec::<String>::new());
+    let ladder = get(without.port, "/configs").json()["ladder"].clone();
+    assert!(ladder
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|r| !r["id"].as_str().unwrap().contains("-p")));
+    drop(without);
+    let out = Command::new(env!("CARGO_BIN_EXE_mrank"))
+        .args([
+            "serve",
+            "--model",
+            &dir,
+            "--passage-caps",
+            "false",
+            "--configs",
+        ])
+        .arg(format!("full,{}", some[0]))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains(&some[0]) && stderr.contains("--passage-caps"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
 #[test]
 fn truncation_controls() {
     let s = shared();

@@ -79,6 +79,12 @@ pub struct ServeArgs {
     /// Configurations to load (comma-separated ids; default: every one in the manifest).
     #[arg(long)]
     pub configs: Option<String>,
+    /// Serve the configurations that cut passages to their first N tokens (`-p<N>`
+    /// ids) as rungs of the ladder (`true`/`false`). Their quality was measured on the
+    /// dev set's passages (DL19: 87 tokens on average); with longer documents a cut
+    /// costs more than the manifest says, so turn this off.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub passage_caps: bool,
 }
 
 pub struct App {
@@ -119,14 +125,37 @@ pub fn run(args: ServeArgs) -> Result<()> {
             dir.display()
         );
     }
+    let mut wanted: Option<Vec<String>> = args
+        .configs
+        .as_ref()
+        .map(|c| c.split(',').map(|s| s.trim().to_string()).collect());
+    if !args.passage_caps {
+        let manifest = models::Manifest::read(&dir)?;
+        let uncapped = |id: &String| {
+            manifest
+                .config(id)
+                .is_none_or(|c| c.passage_tokens.is_none())
+        };
+        let ids = wanted.unwrap_or_else(|| manifest.configs.iter().map(|c| c.id.clone()).collect());
+        if let Some(capped) = ids.iter().find(|id| !uncapped(id)) {
+            if args.configs.is_some() {
+                bail!("--configs names {capped}, which cuts passages, and --passage-caps is false");
+            }
+        }
+        let ids: Vec<String> = ids.into_iter().filter(|id| uncapped(id)).collect();
+        if ids.is_empty() {
+            bail!(
+                "{}: every configuration cuts passages, and --passage-caps is false",
+                dir.display()
+            );
+        }
+        wanted = Some(ids);
+    }
     let runtime = Runtime::load(
         &dir,
         &RuntimeOptions {
             intra_threads: args.threads,
-            configs: args
-                .configs
-                .as_ref()
-                .map(|c| c.split(',').map(|s| s.trim().to_string()).collect()),
+            configs: wanted,
             cpu_arena: args.cpu_arena,
             ..Default::default()
         },
