@@ -9,6 +9,7 @@ model add their rows (the first file wins for an id). Needs matplotlib.
 """
 import argparse
 import json
+import re
 
 import matplotlib
 import matplotlib.patches
@@ -46,10 +47,21 @@ def main():
                     configs.append(c)
     # int8 twins have their f32 configuration's FLOPs (FLOPs ignore precision): on this
     # axis they would only sit on top of it. Their cost is speed (docs/BENCHMARKS.md).
+    # Passage caps (`-p<N>` ids) save what the data's passages allow: at the reference
+    # lengths (passage 128) they would look cheaper than they are on DL19, so they are
+    # drawn at their FLOPs over DL19's own pairs, apart from the sub-structures' frontier.
+    def capped(c):
+        return c.get("flops_ratio_on_data") is not None and re.search(r"-p\d+", c["id"])
+
     pts = [
         (100 * c["flops_ratio"], c["ndcg@10"], c["id"])
         for c in configs
-        if c.get("flops_ratio") is not None and not c["id"].endswith("-int8")
+        if c.get("flops_ratio") is not None and not c["id"].endswith("-int8") and not capped(c)
+    ]
+    caps = [
+        (100 * c["flops_ratio_on_data"], c["ndcg@10"], c["id"])
+        for c in configs
+        if capped(c) and not c["id"].endswith("-int8")
     ]
     fig, ax = plt.subplots(figsize=(8, 5))
     depth_only = [p for p in pts if "-r" not in p[2]]
@@ -60,6 +72,12 @@ def main():
     ax.plot([p[0] for p in fr], [p[1] for p in fr], c="black", lw=1, label="frontier")
     for p in fr:
         ax.annotate(p[2], (p[0], p[1]), fontsize=7, xytext=(3, -9), textcoords="offset points")
+    if caps:
+        ax.scatter([p[0] for p in caps], [p[1] for p in caps], marker="^", s=36, c="tab:green",
+                   label="full depth, passage cut to N tokens (FLOPs on DL19's pairs)", zorder=3)
+        for p in caps:
+            ax.annotate(p[2], (p[0], p[1]), fontsize=7, xytext=(3, 4), textcoords="offset points",
+                        color="tab:green")
     for name, flops_ndcg in (p.split("=", 1) for p in args.point):
         x, y = (float(v) for v in flops_ndcg.split(":"))
         ax.scatter([x], [y], marker="D", s=36, facecolors="none", edgecolors="tab:brown", zorder=3)
@@ -72,7 +90,7 @@ def main():
                 (0, share * full), budget, 1.0, fc="tab:red", alpha=0.07, ec="tab:red", ls=":"))
             ax.annotate(f"target: >= {share:.0%} of full at <= {budget}% FLOPs", (1, share * full),
                         fontsize=7, xytext=(0, dy), textcoords="offset points", color="tab:red")
-    ys = [p[1] for p in pts] + [float(p.split(":")[-1]) for p in args.point]
+    ys = [p[1] for p in pts + caps] + [float(p.split(":")[-1]) for p in args.point]
     ax.set_ylim(min(ys) - 0.03, max(ys) + 0.03)
     ax.set_xlim(0, 103)
     colors = ["tab:green", "tab:red", "tab:purple", "tab:gray"]
