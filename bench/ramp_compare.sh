@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
-# One open-loop ramp against the embedded default served two ways, one after the other
-# on one machine (nothing else should load it):
-#   f32:  the committed quality table without its int8 rows (the ladder before int8 twins);
-#   int8: the committed table as is (f32 and int8 rungs; the frontier picks).
+# One open-loop ramp against the embedded default served several ways, one after the
+# other on one machine (nothing else should load it):
+#   f32:  the committed quality table without its int8 and passage-cap rows (the ladder
+#         before int8 twins);
+#   int8: the table without its passage-cap rows (f32 and int8 rungs; the ladder before
+#         passage caps);
+#   caps: the committed table as is (the frontier picks among all rows).
+# VARIANTS="int8 caps" runs a subset (default: all three).
 # Each variant is exported by the server's own first-start path (latency measured here)
 # into $OUT/<variant>/export (OUT=runs/ramp-compare); the ramp report and the server's
 # peak memory after the ramp (server-memory.txt) go to $OUT/<variant>/.
@@ -17,15 +21,19 @@ threads=${THREADS:-2}
 slo_ms=${SLO_MS:-3000}
 adapters=adapters/minilm-l6
 
-for variant in f32 int8; do
+for variant in ${VARIANTS:-f32 int8 caps}; do
   dir=$out/$variant
   rm -rf "$dir" && mkdir -p "$dir"
-  if [ "$variant" = f32 ]; then
+  if [ "$variant" != caps ]; then
     cp "$adapters/adapters.safetensors" "$dir/"
-    python3 - "$adapters/eval.json" "$dir/eval.json" <<'PY'
-import json, sys
+    python3 - "$adapters/eval.json" "$dir/eval.json" "$variant" <<'PY'
+import json, re, sys
 table = json.load(open(sys.argv[1]))
-table["configs"] = [c for c in table["configs"] if not c["id"].endswith("-int8")]
+def kept(c):
+    if re.search(r"-p\d+", c["id"]):
+        return False  # a passage cap
+    return sys.argv[3] != "f32" or not c["id"].endswith("-int8")
+table["configs"] = [c for c in table["configs"] if kept(c)]
 json.dump(table, open(sys.argv[2], "w"), indent=2)
 PY
     export MRANK_ADAPTERS=$root/$dir/adapters.safetensors
