@@ -14,7 +14,7 @@ pub fn openapi() -> Value {
         "504": {"description": "`deadline_ms` cannot be met even at the cheapest configuration (refused before any work)", "content": {"application/json": {"schema": error}}},
     });
     let ext = json!({
-        "config": {"type": "string", "default": "auto", "description": "`auto` (best quality meeting the deadline or the server's SLO) or a configuration id to pin, e.g. `full`, `d4`, `d6-r4@2` (see /configs)"},
+        "config": {"type": "string", "default": "auto", "description": "`auto` (best quality meeting the deadline or the server's SLO) or a configuration id to pin, e.g. `full`, `d4`, `d6-r4@2`, `full-int8`, `full-p64-int8` (passage cut to its first 64 tokens; see /configs)"},
         "deadline_ms": {"type": "number", "description": "This request's own latency budget; refused with 504 if it cannot be met"},
     });
     let mut tei_props = json!({
