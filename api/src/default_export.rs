@@ -82,10 +82,11 @@ pub fn ensure() -> Result<PathBuf> {
     manifest.write(&out)?;
     let manifest = crate::export::keep_frontier(&out, manifest)?;
     eprintln!(
-        "serving configurations (quality/latency frontier): {}",
+        "exported the quality/latency frontier, with passage caps and without: {}",
         manifest
             .configs
             .iter()
+            .filter(|c| c.frontier)
             .map(|c| c.id.as_str())
             .collect::<Vec<_>>()
             .join(", ")
@@ -131,6 +132,11 @@ fn quality_table() -> Vec<(String, f64)> {
         .collect()
 }
 
+/// Bumped whenever the rule for which configurations an export keeps changes, so the
+/// cached export is rebuilt (2: the frontier with passage caps and the frontier without
+/// them, plus the longer reads that bound a kept cap's rank).
+const KEPT_SET_RULE: u32 = 2;
+
 fn adapters_stamp(path: &std::path::Path) -> Result<String> {
     let bytes = std::fs::read(path).with_context(|| {
         format!(
@@ -142,7 +148,7 @@ fn adapters_stamp(path: &std::path::Path) -> Result<String> {
     // revision: any change re-exports.
     let qualities = std::fs::read(path.with_file_name("eval.json")).unwrap_or_default();
     Ok(format!(
-        "{} bytes, content {:016x}, qualities {:016x}, exporter revision {}, version {}",
+        "{} bytes, content {:016x}, qualities {:016x}, exporter revision {}, kept-set rule {KEPT_SET_RULE}, version {}",
         bytes.len(),
         models::content_hash(&bytes),
         models::content_hash(&qualities),

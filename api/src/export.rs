@@ -130,29 +130,39 @@ fn measure_into(dir: &Path, mut manifest: Manifest, args: &ExportArgs) -> Result
     Ok(manifest)
 }
 
-/// Drops the graphs off the frontier (the shared weights stay: every graph uses them).
+/// Drops the configurations off the frontier and the graphs none of the rest runs (the
+/// shared weights stay: every graph uses them). A capped configuration's longer reads
+/// of the same graph stay as entries off the frontier: its rank is bounded by theirs
+/// (`Manifest::ranking_quality`), and they cost no file.
 pub fn keep_frontier(dir: &Path, mut manifest: Manifest) -> Result<Manifest> {
-    // A graph may serve several configurations (a passage cap runs its uncapped twin's
-    // graph): it goes only when none of them stays.
-    let kept: std::collections::HashSet<&str> = manifest
-        .configs
-        .iter()
-        .filter(|c| c.frontier)
-        .map(|c| c.graph.as_str())
-        .collect();
+    // The smallest kept cap of each graph, `usize::MAX` for a kept uncapped one.
+    let mut kept: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    for c in manifest.configs.iter().filter(|c| c.frontier) {
+        let cap = c.passage_tokens.unwrap_or(usize::MAX);
+        let entry = kept.entry(c.graph.clone()).or_insert(cap);
+        *entry = (*entry).min(cap);
+    }
+    let stays = |c: &models::ConfigEntry| {
+        c.frontier
+            || kept
+                .get(&c.graph)
+                .is_some_and(|&smallest| c.passage_tokens.unwrap_or(usize::MAX) > smallest)
+    };
     let unused: std::collections::BTreeSet<&str> = manifest
         .configs
         .iter()
         .map(|c| c.graph.as_str())
-        .filter(|g| !kept.contains(g))
+        .filter(|g| !kept.contains_key(*g))
         .collect();
     for graph in unused {
         let path = dir.join(graph);
         std::fs::remove_file(&path)
             .with_context(|| format!("{}: cannot remove", path.display()))?;
     }
-    manifest.configs.retain(|c| c.frontier);
-    if manifest.configs.is_empty() {
+    let keep: Vec<bool> = manifest.configs.iter().map(stays).collect();
+    let mut flags = keep.into_iter();
+    manifest.configs.retain(|_| flags.next().unwrap_or(false));
+    if !manifest.configs.iter().any(|c| c.frontier) {
         bail!("no configuration on the frontier; this cannot happen with a non-empty export");
     }
     manifest.write(dir)?;
@@ -235,7 +245,14 @@ mod tests {
             std::fs::write(dir.path().join(g), b"graph").unwrap();
         }
         let kept = keep_frontier(dir.path(), manifest).unwrap();
-        assert_eq!(kept.configs.len(), 1);
+        // full-p8 serves; full stays as an entry off the frontier (it bounds the cap's
+        // rank), d1 goes with its graph.
+        let ids: Vec<(&str, bool)> = kept
+            .configs
+            .iter()
+            .map(|c| (c.id.as_str(), c.frontier))
+            .collect();
+        assert_eq!(ids, [("full", false), ("full-p8", true)]);
         assert!(dir.path().join("full.onnx").exists());
         assert!(!dir.path().join("d1.onnx").exists());
     }

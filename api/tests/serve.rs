@@ -323,15 +323,19 @@ fn passage_caps_can_be_left_out_of_the_ladder() {
     let with = start(&["--model", &dir], &[]);
     let some = capped(&with);
     assert!(!some.is_empty(), "the default serves capped rungs");
+    // At equal quality the longer read ranks first: full tops the ladder.
+    assert_eq!(get(with.port, "/configs").json()["ladder"][0]["id"], "full");
     drop(with);
     let without = start(&["--model", &dir, "--passage-caps", "false"], &[]);
     assert_eq!(capped(&without), Vec::<String>::new());
     let ladder = get(without.port, "/configs").json()["ladder"].clone();
+    let ladder = ladder.as_array().unwrap();
     assert!(ladder
-        .as_array()
-        .unwrap()
         .iter()
         .all(|r| !r["id"].as_str().unwrap().contains("-p")));
+    // The export keeps the frontier without caps too: still a ladder to step down.
+    assert!(ladder.len() > 2, "{ladder:?}");
+    assert_eq!(ladder[0]["id"], "full");
     drop(without);
     let out = Command::new(env!("CARGO_BIN_EXE_mrank"))
         .args([

@@ -78,7 +78,12 @@ pub fn record_latencies(runtime: &Runtime, manifest: &mut models::Manifest) -> R
     );
     for (c, ms) in manifest.configs.iter_mut().zip(latencies) {
         c.latency_ms = Some(ms);
-        c.reference_batch = Some(batch.clone());
+        c.reference_batch = Some(match c.passage_tokens {
+            Some(cap) if cap < lengths.passage => {
+                format!("{batch}, passages cut to {cap} tokens")
+            }
+            _ => batch.clone(),
+        });
     }
     Ok(())
 }

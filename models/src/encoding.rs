@@ -46,6 +46,9 @@ pub struct EncodedPair {
     pub score_pos: usize,
     /// Whether the query or passage lost tokens to `max_length`.
     pub truncated: bool,
+    /// The passage keeps its end when cut (TEI's `truncation_direction: "left"`); a
+    /// configuration's passage cap then cuts from the start too.
+    pub keeps_end: bool,
 }
 
 impl EncodedPair {
@@ -63,15 +66,21 @@ impl EncodedPair {
         }
     }
 
-    /// The pair with its passage cut to the first `cap` tokens: the same pair
-    /// `PairEncoder::encode` gives with `max_passage_tokens = Some(cap)`, since both cut
-    /// the passage's tokens, not its text. Everything after the passage (`[SEP]`, a
-    /// decoder's prompt and score position) moves up.
+    /// The pair with its passage cut to `cap` tokens, the first ones (the last ones when
+    /// the pair `keeps_end`): the same pair `PairEncoder::encode_truncating` gives with
+    /// `max_passage_tokens = Some(cap)`, since both cut the passage's tokens, not its
+    /// text. Everything after the cut (`[SEP]`, a decoder's prompt and score position)
+    /// moves up.
     pub fn with_passage_cap(&self, cap: usize) -> EncodedPair {
         if self.passage.len <= cap {
             return self.clone();
         }
-        let cut = self.passage.start + cap..self.passage.end();
+        let extra = self.passage.len - cap;
+        let cut = if self.keeps_end {
+            self.passage.start..self.passage.start + extra
+        } else {
+            self.passage.start + cap..self.passage.end()
+        };
         let removed = cut.len();
         let keep = |v: &[u32]| {
             let mut out = Vec::with_capacity(v.len() - removed);
@@ -94,6 +103,7 @@ impl EncodedPair {
             }),
             score_pos: shift(self.score_pos),
             truncated: true,
+            keeps_end: self.keeps_end,
         }
     }
 }
@@ -380,6 +390,7 @@ impl PairEncoder {
             prompt: prompt_span,
             score_pos,
             truncated,
+            keeps_end: keep_end,
         })
     }
 
@@ -409,6 +420,8 @@ pub struct PaddedBatch {
     pub query: Vec<Span>,
     pub passage: Vec<Span>,
     pub score_pos: Vec<usize>,
+    /// Each row's `EncodedPair::keeps_end`.
+    pub keeps_end: Vec<bool>,
 }
 
 impl PaddedBatch {
@@ -430,6 +443,7 @@ impl PaddedBatch {
             query: pairs.iter().map(|p| p.query).collect(),
             passage: pairs.iter().map(|p| p.passage).collect(),
             score_pos: pairs.iter().map(|p| p.score_pos).collect(),
+            keeps_end: pairs.iter().map(|p| p.keeps_end).collect(),
         }
     }
 
@@ -445,6 +459,7 @@ impl PaddedBatch {
             prompt: None,
             score_pos: self.score_pos[row],
             truncated: false,
+            keeps_end: self.keeps_end[row],
         }
     }
 

@@ -142,6 +142,20 @@ impl Manifest {
                 ),
             });
         }
+        for c in &manifest.configs {
+            // An id that names a cap its entry lacks would serve uncapped, silently.
+            let parsed = crate::Configuration::parse(&c.id, manifest.num_layers, 1).ok();
+            let named_cap = parsed.as_ref().and_then(|p| p.passage_tokens);
+            if c.passage_tokens == Some(0) || (parsed.is_some() && named_cap != c.passage_tokens) {
+                return Err(ModelsError::Manifest {
+                    path,
+                    message: format!(
+                        "configuration {} has passage_tokens {:?}, which its id does not name; export again",
+                        c.id, c.passage_tokens
+                    ),
+                });
+            }
+        }
         Ok(manifest)
     }
 
@@ -190,11 +204,12 @@ impl Manifest {
         )
     }
 
-    /// Marks the frontier by (cost, rank): cost is the measured latency when every
-    /// configuration has one, else FLOPs; rank is `rank_key` (dev nDCG@10 when every
-    /// configuration has one, else FLOPs: more computation assumed better, so then
-    /// every configuration not beaten on latency by a costlier one is on the frontier).
-    pub fn mark_frontier(&mut self) {
+    /// Which configurations `include` admits are on their own frontier by (cost, rank):
+    /// cost is the measured latency when every configuration has one, else FLOPs; rank
+    /// is `rank_key` (dev nDCG@10 when every configuration has one, else FLOPs: more
+    /// computation assumed better, so then every configuration not beaten on latency by
+    /// a costlier one is on the frontier). Configurations left out are `false`.
+    pub fn frontier_of(&self, include: impl Fn(&ConfigEntry) -> bool) -> Vec<bool> {
         let measured = self.configs.iter().all(|c| c.latency_ms.is_some());
         let cost = |c: &ConfigEntry| {
             if measured {
@@ -205,18 +220,30 @@ impl Manifest {
         };
         let keys: Vec<(f64, usize)> = self.configs.iter().map(|c| self.rank_key(c)).collect();
         let better = |a: (f64, usize), b: (f64, usize)| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1));
-        let flags: Vec<bool> = (0..self.configs.len())
+        let included: Vec<bool> = self.configs.iter().map(&include).collect();
+        (0..self.configs.len())
             .map(|i| {
                 let c = &self.configs[i];
-                !(0..self.configs.len()).any(|j| {
-                    let o = &self.configs[j];
-                    let order = better(keys[j], keys[i]);
-                    (cost(o) <= cost(c) && order.is_gt()) || (cost(o) < cost(c) && order.is_ge())
-                })
+                included[i]
+                    && !(0..self.configs.len()).any(|j| {
+                        let o = &self.configs[j];
+                        let order = better(keys[j], keys[i]);
+                        included[j]
+                            && ((cost(o) <= cost(c) && order.is_gt())
+                                || (cost(o) < cost(c) && order.is_ge()))
+                    })
             })
-            .collect();
-        for (c, f) in self.configs.iter_mut().zip(flags) {
-            c.frontier = f;
+            .collect()
+    }
+
+    /// Marks the configurations on the frontier with passage caps or on the frontier
+    /// without them: a server that leaves caps out (`mrank serve --passage-caps false`)
+    /// still finds a whole ladder in an export that kept only `frontier` entries.
+    pub fn mark_frontier(&mut self) {
+        let all = self.frontier_of(|_| true);
+        let uncapped = self.frontier_of(|c| c.passage_tokens.is_none());
+        for ((c, a), u) in self.configs.iter_mut().zip(all).zip(uncapped) {
+            c.frontier = a || u;
         }
     }
 }
@@ -288,8 +315,12 @@ mod tests {
             .filter(|c| c.frontier)
             .map(|c| c.id.as_str())
             .collect();
-        // d2 is slower and worse than full-p32.
-        assert_eq!(on, ["full", "full-p96", "full-p64", "full-p32"]);
+        // d2 is slower and worse than full-p32, but on the frontier without caps.
+        assert_eq!(on, ["full", "full-p96", "full-p64", "full-p32", "d2"]);
+        let with_caps = m.frontier_of(|_| true);
+        assert_eq!(with_caps, [true, true, true, true, false]);
+        let without = m.frontier_of(|c| c.passage_tokens.is_none());
+        assert_eq!(without, [true, false, false, false, true]);
         let mut order: Vec<&ConfigEntry> = m.configs.iter().collect();
         order.sort_by(|a, b| {
             let (ka, kb) = (m.rank_key(a), m.rank_key(b));

@@ -152,10 +152,17 @@ fn split_passage_cap(id: &str) -> std::result::Result<(&str, Option<usize>), Str
     if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
         return Ok((id, None));
     }
+    let rest = &id[..at];
+    if split_passage_cap(rest).is_ok_and(|(_, cap)| cap.is_some()) {
+        return Err("names two passage caps; give one `-p<N>`".into());
+    }
     match digits.parse::<usize>() {
-        Ok(n) if n >= 1 => Ok((&id[..at], Some(n))),
-        _ => Err(format!(
+        Ok(n) if n >= 1 => Ok((rest, Some(n))),
+        Ok(_) => Err(format!(
             "passage cap `{PASSAGE_CAP_MARKER}{digits}` must keep at least one token"
+        )),
+        Err(_) => Err(format!(
+            "passage cap `{PASSAGE_CAP_MARKER}{digits}` is not a token count this machine can hold"
         )),
     }
 }
@@ -287,6 +294,14 @@ mod tests {
         assert!(err.contains("full-int8-p64"), "{err}");
         assert!(Configuration::parse("d1-p64", 6, 2).is_err());
         assert!(Configuration::parse("full-px", 6, 2).is_err());
+        let err = Configuration::parse("d4-p64-p32", 6, 2)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("two passage caps"), "{err}");
+        let err = Configuration::parse("full-p99999999999999999999", 6, 2)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("not a token count"), "{err}");
     }
 
     #[test]

@@ -509,6 +509,7 @@ mod tests {
             input_ids: ids,
             prompt: None,
             truncated: false,
+            keeps_end: false,
         }
     }
 

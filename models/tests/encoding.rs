@@ -145,6 +145,26 @@ fn passage_cap_of_an_encoded_pair_equals_encoding_with_the_cap() {
         }
         // A cap at or over the passage's length changes nothing.
         assert_eq!(whole.with_passage_cap(whole.passage.len), whole, "{name}");
+        // A request that keeps the passage's end (`truncation_direction: "left"`) is
+        // capped from the start too.
+        let tail = enc
+            .encode_truncating("what is a fox", &passage, None, true)
+            .unwrap();
+        for cap in [1, 5, 12] {
+            let want = enc
+                .encode_truncating("what is a fox", &passage, Some(cap), true)
+                .unwrap();
+            assert_eq!(
+                tail.with_passage_cap(cap),
+                want,
+                "{name}, cap {cap}, end kept"
+            );
+            assert_ne!(
+                want,
+                whole.with_passage_cap(cap),
+                "{name}: the two ends differ"
+            );
+        }
     }
 }
 

@@ -187,9 +187,15 @@ pub struct Scheduler {
 }
 
 impl Scheduler {
-    /// `configs` in any order: they are ranked by quality, best first.
+    /// `configs` in any order: they are ranked by quality, best first; at equal quality
+    /// the rung that reads more of the passage first (a cap serves only when cheaper).
     pub fn new(mut configs: Vec<ConfigInfo>, settings: SchedulerConfig) -> Self {
-        configs.sort_by(|a, b| b.quality.total_cmp(&a.quality));
+        let reads = |c: &ConfigInfo| c.passage_tokens.unwrap_or(usize::MAX);
+        configs.sort_by(|a, b| {
+            b.quality
+                .total_cmp(&a.quality)
+                .then(reads(b).cmp(&reads(a)))
+        });
         Scheduler {
             configs,
             settings,
@@ -260,6 +266,8 @@ impl Scheduler {
         if spec.pair_tokens.is_empty() {
             return Err(Rejection::Empty);
         }
+        // Uncapped: the queue bound is checked before a rung is chosen, against the most
+        // this request could add.
         let tokens: usize = spec.pair_tokens.iter().sum();
         // Each pair's tokens under each rung (a rung that caps passages runs fewer).
         let mut run_tokens: Vec<Vec<usize>> = self

@@ -45,6 +45,7 @@ fn encode_single(encoder: &PairEncoder, text: &str, max_length: usize) -> Result
         prompt: None,
         score_pos: 0,
         truncated: false,
+        keeps_end: false,
     })
 }
 

@@ -189,6 +189,7 @@ mod tests {
             prompt: None,
             score_pos: 0,
             truncated: false,
+            keeps_end: false,
         }
     }
 

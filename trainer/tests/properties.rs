@@ -369,6 +369,7 @@ fn isolated_segments_equal_the_lone_texts() {
         prompt: None,
         score_pos: 0,
         truncated: false,
+        keeps_end: false,
     };
     let last_hidden = |rows: &[EncodedPair], isolated: bool| -> Tensor {
         let mut backbone = load_backbone(&f.checkpoint, &Device::Cpu).unwrap();

@@ -81,8 +81,9 @@ pub struct ServeArgs {
     pub configs: Option<String>,
     /// Serve the configurations that cut passages to their first N tokens (`-p<N>`
     /// ids) as rungs of the ladder (`true`/`false`). Their quality was measured on the
-    /// dev set's passages (DL19: 87 tokens on average); with longer documents a cut
-    /// costs more than the manifest says, so turn this off.
+    /// dev set's passages (DL19: 85 tokens on average); with longer documents a cut
+    /// costs more than the manifest says, so turn this off: the server then serves the
+    /// export's frontier without caps.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub passage_caps: bool,
 }
@@ -125,37 +126,38 @@ pub fn run(args: ServeArgs) -> Result<()> {
             dir.display()
         );
     }
-    let mut wanted: Option<Vec<String>> = args
-        .configs
-        .as_ref()
-        .map(|c| c.split(',').map(|s| s.trim().to_string()).collect());
-    if !args.passage_caps {
-        let manifest = models::Manifest::read(&dir)?;
-        let uncapped = |id: &String| {
-            manifest
-                .config(id)
-                .is_none_or(|c| c.passage_tokens.is_none())
-        };
-        let ids = wanted.unwrap_or_else(|| manifest.configs.iter().map(|c| c.id.clone()).collect());
-        if let Some(capped) = ids.iter().find(|id| !uncapped(id)) {
-            if args.configs.is_some() {
-                bail!("--configs names {capped}, which cuts passages, and --passage-caps is false");
+    // What to load: the configurations named, else the frontier of the manifest's
+    // configurations (without passage caps when they are turned off).
+    let manifest = models::Manifest::read(&dir)?;
+    let capped = |id: &str| {
+        manifest
+            .config(id)
+            .is_some_and(|c| c.passage_tokens.is_some())
+    };
+    let wanted: Vec<String> = match &args.configs {
+        Some(list) => {
+            let ids: Vec<String> = list.split(',').map(|s| s.trim().to_string()).collect();
+            if let Some(id) = ids.iter().find(|id| !args.passage_caps && capped(id)) {
+                bail!("--configs names {id}, which cuts passages, and --passage-caps is false");
             }
+            ids
         }
-        let ids: Vec<String> = ids.into_iter().filter(|id| uncapped(id)).collect();
-        if ids.is_empty() {
-            bail!(
-                "{}: every configuration cuts passages, and --passage-caps is false",
-                dir.display()
-            );
+        None => {
+            let on = manifest.frontier_of(|c| args.passage_caps || c.passage_tokens.is_none());
+            manifest
+                .configs
+                .iter()
+                .zip(on)
+                .filter(|(_, on)| *on)
+                .map(|(c, _)| c.id.clone())
+                .collect()
         }
-        wanted = Some(ids);
-    }
+    };
     let runtime = Runtime::load(
         &dir,
         &RuntimeOptions {
             intra_threads: args.threads,
-            configs: wanted,
+            configs: Some(wanted),
             cpu_arena: args.cpu_arena,
             ..Default::default()
         },
@@ -168,16 +170,12 @@ pub fn run(args: ServeArgs) -> Result<()> {
         "warming {} configurations and calibrating their latency",
         runtime.configs.len()
     ));
-    // Best first by the manifest's ranking, so that the scheduler's (stable) sort by
-    // quality leaves a passage cap behind the configuration it ties with.
+    // Ranked by the manifest (a cap never above a longer read of its graph); the
+    // scheduler orders ties by how much of the passage a rung reads.
     let manifest = &runtime.manifest;
-    let mut ranked: Vec<&models::runtime::LoadedConfig> = runtime.configs.iter().collect();
-    ranked.sort_by(|a, b| {
-        let (ka, kb) = (manifest.rank_key(&a.entry), manifest.rank_key(&b.entry));
-        kb.0.total_cmp(&ka.0).then(kb.1.cmp(&ka.1))
-    });
-    let ladder: Vec<ConfigInfo> = ranked
-        .into_iter()
+    let ladder: Vec<ConfigInfo> = runtime
+        .configs
+        .iter()
         .map(|c| {
             let e = &c.entry;
             let latency = calibrate(&runtime, &e.id, args.batch_tokens).unwrap_or_else(|err| {
