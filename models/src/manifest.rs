@@ -294,6 +294,34 @@ mod tests {
         }
     }
 
+    /// A manifest whose id names a cap its entry lacks (or the reverse) would serve a
+    /// cap uncapped: refused at read, naming the configuration. Format 2 still reads.
+    #[test]
+    fn ids_and_caps_that_disagree_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut m = manifest(vec![entry("full-p64", "full.onnx", None, 0.68, 50.0)]);
+        m.write(dir.path()).unwrap();
+        let err = Manifest::read(dir.path()).unwrap_err().to_string();
+        assert!(
+            err.contains("full-p64") && err.contains("passage_tokens"),
+            "{err}"
+        );
+        m.configs = vec![entry("full", "full.onnx", Some(64), 0.68, 50.0)];
+        m.write(dir.path()).unwrap();
+        assert!(Manifest::read(dir.path()).is_err());
+        m.configs = vec![entry("full-p64", "full.onnx", Some(64), 0.68, 50.0)];
+        m.format = "mrank-manifest/2".into();
+        m.write(dir.path()).unwrap();
+        assert_eq!(Manifest::read(dir.path()).unwrap().configs.len(), 1);
+        m.format = "mrank-manifest/1".into();
+        m.write(dir.path()).unwrap();
+        let err = Manifest::read(dir.path()).unwrap_err().to_string();
+        assert!(
+            err.contains("mrank-manifest/2 and mrank-manifest/3"),
+            "{err}"
+        );
+    }
+
     /// A cap that measured above its uncapped twin (or a larger cap) ranks at the
     /// twin's quality, below it; the uncapped configuration stays on the frontier
     /// however cheap its caps are, and a cap that costs quality keeps its own figure.
