@@ -98,39 +98,37 @@ pub fn evaluate_runtime(
     token_budget: usize,
     progress: bool,
 ) -> Result<Vec<ConfigQuality>> {
+    // The configurations as the manifest describes them, for their FLOPs on this data.
+    let entries = ids
+        .iter()
+        .map(|id| {
+            runtime.config(id).map(|c| &c.entry).ok_or_else(|| {
+                models::ModelsError::Runtime(format!("configuration {id:?} is not loaded"))
+            })
+        })
+        .collect::<models::Result<Vec<_>>>()?;
+    let configs: Vec<Configuration> = entries.iter().map(|e| configuration(e)).collect();
+    let model_config = runtime.dir.join(&runtime.manifest.model_config);
+    let dims = models::ModelConfig::from_file(&model_config)?.dimensions();
+    let mut on_data = trainer::eval::FlopsOnData::new(dims, &configs);
     let metrics = mean_metrics(queries, qrels, ids.len(), "eval (onnx)", progress, |q| {
         let pairs = q
             .candidates
             .iter()
             .map(|c| runtime.encoder.encode(&q.query, &c.text, None))
             .collect::<models::Result<Vec<_>>>()?;
+        on_data.add(&pairs);
         ids.iter()
             .map(|id| Ok(runtime.score_pairs(id, &pairs, token_budget)?))
             .collect::<Result<Vec<_>>>()
     })?;
-    // The configurations as the manifest describes them, for their FLOPs on this data.
-    let configs: Vec<Option<Configuration>> = ids
-        .iter()
-        .map(|id| runtime.config(id).map(|c| configuration(&c.entry)))
-        .collect();
-    let model_config = runtime.dir.join(&runtime.manifest.model_config);
-    let dims = models::ModelConfig::from_file(&model_config)?.dimensions();
-    let known: Vec<Configuration> = configs.iter().flatten().cloned().collect();
-    let mut on_data =
-        trainer::eval::flops_on_data(&runtime.encoder, &dims, queries, qrels, &known)?.into_iter();
     Ok(ids
         .iter()
         .zip(metrics)
-        .zip(&configs)
-        .map(|((id, m), config)| {
-            let flops_ratio = runtime
-                .config(id)
-                .map(|c| c.entry.flops_ratio)
-                .unwrap_or(f64::NAN);
-            ConfigQuality {
-                flops_ratio_on_data: config.as_ref().and_then(|_| on_data.next()),
-                ..m.into_quality(id.clone(), flops_ratio)
-            }
+        .zip(entries.iter().zip(on_data.ratios()))
+        .map(|((id, m), (entry, on_data))| ConfigQuality {
+            flops_ratio_on_data: Some(on_data),
+            ..m.into_quality(id.clone(), entry.flops_ratio)
         })
         .collect())
 }

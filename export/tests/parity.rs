@@ -113,6 +113,30 @@ fn texts() -> (Vec<&'static str>, &'static str) {
     )
 }
 
+/// The candle forward's score of each pair scored alone (no padding at all).
+fn candle_alone(reranker: &mut Reranker, pairs: &[EncodedPair], sub: &SubStructure) -> Vec<f32> {
+    pairs
+        .iter()
+        .map(|p| {
+            reranker
+                .score_pairs(std::slice::from_ref(p), sub, 1 << 20)
+                .unwrap()[0]
+        })
+        .collect()
+}
+
+/// The largest difference between `expected` and `got`, relative to the largest
+/// expected score; and that scale.
+fn relative_error(expected: &[f32], got: &[f32]) -> (f32, f32) {
+    let scale = expected.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-6);
+    let err = expected
+        .iter()
+        .zip(got)
+        .fold(0f32, |m, (a, b)| m.max((a - b).abs()))
+        / scale;
+    (err, scale)
+}
+
 fn check_family(
     name: &str,
     readout: Readout,
@@ -247,21 +271,9 @@ fn check_family_with(
     for sub in &configs {
         let id = sub.id(dims.num_layers);
         // candle reference: each pair alone (no padding at all).
-        let expected: Vec<f32> = pairs
-            .iter()
-            .map(|p| {
-                reranker
-                    .score_pairs(std::slice::from_ref(p), sub, 1 << 20)
-                    .unwrap()[0]
-            })
-            .collect();
+        let expected = candle_alone(&mut reranker, &pairs, sub);
         let got = runtime.run(&id, &batch).unwrap();
-        let scale = expected.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-6);
-        let err = expected
-            .iter()
-            .zip(&got)
-            .fold(0f32, |m, (a, b)| m.max((a - b).abs()))
-            / scale;
+        let (err, scale) = relative_error(&expected, &got);
         assert!(
             err <= 1e-4,
             "{name} {id}: onnx {got:?} vs candle {expected:?} (relative error {err:e})"
@@ -327,28 +339,13 @@ fn check_family_with(
         let got = runtime.run(&id, &batch).unwrap();
         assert_eq!(got, runtime.run(&twin, &cut_batch).unwrap(), "{name} {id}");
         let scored = runtime.score_pairs(&id, &pairs, 1 << 20).unwrap();
-        let scale = got.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-6);
         assert!(
-            got.iter()
-                .zip(&scored)
-                .all(|(a, b)| (a - b).abs() <= 1e-4 * scale),
+            relative_error(&got, &scored).0 <= 1e-4,
             "{name} {id}: score_pairs {scored:?} does not cap as run does {got:?}"
         );
         if c.precision == models::Precision::F32 {
-            let expected: Vec<f32> = cut
-                .iter()
-                .map(|p| {
-                    reranker
-                        .score_pairs(std::slice::from_ref(p), &c.sub, 1 << 20)
-                        .unwrap()[0]
-                })
-                .collect();
-            let scale = expected.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-6);
-            let err = expected
-                .iter()
-                .zip(&got)
-                .fold(0f32, |m, (a, b)| m.max((a - b).abs()))
-                / scale;
+            let expected = candle_alone(&mut reranker, &cut, &c.sub);
+            let (err, _) = relative_error(&expected, &got);
             assert!(
                 err <= 1e-4,
                 "{name} {id}: onnx {got:?} vs candle {expected:?}"

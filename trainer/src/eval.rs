@@ -127,31 +127,41 @@ pub fn mean_metrics<E>(
         .collect())
 }
 
-/// FLOPs of each configuration over the pairs of the judged queries (the pairs an
-/// evaluation scores), relative to the full model's over the same pairs.
-pub fn flops_on_data(
-    encoder: &models::PairEncoder,
-    dims: &models::Dimensions,
-    queries: &[QueryCandidates],
-    qrels: &Qrels,
-    configs: &[Configuration],
-) -> Result<Vec<f64>> {
-    let mut totals = vec![0.0; configs.len()];
-    let mut full = 0.0;
-    let whole = SubStructure::full(dims.num_layers);
-    for q in queries
-        .iter()
-        .filter(|q| qrels.by_query.contains_key(&q.qid))
-    {
-        for c in &q.candidates {
-            let lengths = encoder.encode(&q.query, &c.text, None)?.lengths();
-            full += pair_flops(dims, lengths, &whole);
-            for (total, config) in totals.iter_mut().zip(configs) {
-                *total += pair_flops(dims, config.capped(lengths), &config.sub);
+/// FLOPs of configurations over the pairs an evaluation scores (`add` each query's
+/// pairs as they are encoded), relative to the full model's over the same pairs: where
+/// `flops_ratio` counts the reference lengths, a passage cap saves what the data's
+/// passages allow.
+pub struct FlopsOnData<'a> {
+    dims: models::Dimensions,
+    configs: &'a [Configuration],
+    totals: Vec<f64>,
+    full: f64,
+}
+
+impl<'a> FlopsOnData<'a> {
+    pub fn new(dims: models::Dimensions, configs: &'a [Configuration]) -> Self {
+        FlopsOnData {
+            dims,
+            configs,
+            totals: vec![0.0; configs.len()],
+            full: 0.0,
+        }
+    }
+
+    pub fn add(&mut self, pairs: &[EncodedPair]) {
+        let whole = SubStructure::full(self.dims.num_layers);
+        for lengths in pairs.iter().map(EncodedPair::lengths) {
+            self.full += pair_flops(&self.dims, lengths, &whole);
+            for (total, config) in self.totals.iter_mut().zip(self.configs) {
+                *total += pair_flops(&self.dims, config.capped(lengths), &config.sub);
             }
         }
     }
-    Ok(totals.into_iter().map(|t| t / full.max(1.0)).collect())
+
+    /// One ratio per configuration, in order.
+    pub fn ratios(&self) -> Vec<f64> {
+        self.totals.iter().map(|t| t / self.full.max(1.0)).collect()
+    }
 }
 
 /// One forward pass: the sub-structure run (at its members' deepest depth), the passage
@@ -214,12 +224,14 @@ pub fn evaluate(
         )));
     }
     let passes = pass_groups(reranker, configs);
+    let mut on_data = FlopsOnData::new(reranker.backbone_dims(), configs);
     let metrics = mean_metrics(queries, qrels, configs.len(), "eval", progress, |q| {
         let pairs = q
             .candidates
             .iter()
             .map(|c| reranker.encoder.encode(&q.query, &c.text, None))
             .collect::<models::Result<Vec<_>>>()?;
+        on_data.add(&pairs);
         let mut capped: BTreeMap<usize, Vec<EncodedPair>> = BTreeMap::new();
         let mut scores = vec![Vec::new(); configs.len()];
         for pass in &passes {
@@ -240,11 +252,10 @@ pub fn evaluate(
     let dims = reranker.backbone_dims();
     let lengths = reranker.encoder.reference_lengths();
     let full = pair_flops(&dims, lengths, &SubStructure::full(dims.num_layers));
-    let on_data = flops_on_data(&reranker.encoder, &dims, queries, qrels, configs)?;
     Ok(configs
         .iter()
         .zip(metrics)
-        .zip(on_data)
+        .zip(on_data.ratios())
         .map(|((c, m), on_data)| {
             let flops = pair_flops(&dims, c.capped(lengths), &c.sub);
             ConfigQuality {
