@@ -21,6 +21,8 @@ def main():
     ap.add_argument("--out", required=True)
     ap.add_argument("--labels", nargs="+", help="one per report (default: its config)")
     ap.add_argument("--quality", help="mrank eval --json file: plot the served rung's nDCG@10")
+    ap.add_argument("--bucket-s", type=float, default=10.0,
+                    help="seconds of sending time averaged per point of the quality panel")
     ap.add_argument("--title", default="mrank under a ramp to ~3x the full configuration's capacity (DL19 queries, 20-100 docs)")
     args = ap.parse_args()
     quality = {}
@@ -36,13 +38,14 @@ def main():
         axes[0].plot(t, [x["offered_rps"] for x in w], label=name)
         axes[1].plot(t, [x["p99_s"] if x["answered"] else float("nan") for x in w], ".-", label=label)
         if quality:
-            # Mean DL19 quality of the rungs answered per 10 s of sending time.
+            # Mean DL19 quality of the rungs answered per bucket of sending time.
+            b = args.bucket_s
             buckets = {}
             for s in r["samples"]:
                 if s["status"] == 200 and s["config"] in quality:
-                    buckets.setdefault(int(s["sent_s"] // 10), []).append(quality[s["config"]])
+                    buckets.setdefault(int(s["sent_s"] // b), []).append(quality[s["config"]])
             keys = sorted(buckets)
-            axes[2].plot([10 * k + 5 for k in keys], [sum(buckets[k]) / len(buckets[k]) for k in keys], "o-", label=name)
+            axes[2].plot([b * k + b / 2 for k in keys], [sum(buckets[k]) / len(buckets[k]) for k in keys], "o-", label=name)
         else:
             axes[2].plot(t, [x["full_share"] if x["answered"] else float("nan") for x in w], ".-", label=name)
         slo = r["slo_s"]
@@ -50,7 +53,7 @@ def main():
     axes[1].axhline(slo, color="red", linestyle="--", label=f"SLO {slo:.1f}s")
     axes[1].set_ylabel("p99 latency (s), 1 s windows")
     axes[1].set_yscale("log")
-    axes[2].set_ylabel("DL19 nDCG@10 of the rung served\n(10 s means)" if quality else "share served at full")
+    axes[2].set_ylabel(f"DL19 nDCG@10 of the rung served\n({args.bucket_s:g} s means)" if quality else "share served at full")
     axes[2].set_xlabel("seconds")
     for a in axes:
         a.legend(fontsize=8)

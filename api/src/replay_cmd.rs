@@ -11,9 +11,15 @@ pub struct ReplayArgs {
     /// Server address, host:port.
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub target: String,
-    /// `ramp` (open loop, rate from --from-rps to --to-rps) or `saturate` (closed loop).
+    /// `ramp` (open loop, rate from --from-rps to --to-rps, or along --profile) or
+    /// `saturate` (closed loop).
     #[arg(long, default_value = "ramp")]
     pub mode: String,
+    /// Open-loop load as keyframes `SECONDS:RPS,...`, linear in between, e.g.
+    /// `0:0.4,20:6,60:6,62:0.4,150:0.4` (calm, a spike, calm again); replaces
+    /// --from-rps, --to-rps and --duration-s.
+    #[arg(long, conflicts_with_all = ["from_rps", "to_rps", "duration_s"])]
+    pub profile: Option<String>,
     #[arg(long)]
     pub data: PathBuf,
     #[arg(long)]
@@ -43,6 +49,22 @@ pub struct ReplayArgs {
 }
 
 pub fn run(args: ReplayArgs) -> Result<()> {
+    // The load shape is checked before any data is read, so a typo fails at once.
+    let open_loop = match (&args.profile, args.mode.as_str()) {
+        (Some(text), "ramp") => Some((
+            replay::LoadProfile::parse(text)
+                .map_err(|e| anyhow::anyhow!("--profile {text:?}: {e}"))?,
+            "profile",
+        )),
+        (Some(_), _) => bail!("--profile shapes an open-loop run; use it with --mode ramp"),
+        (None, "ramp") => Some((
+            replay::LoadProfile::ramp(args.from_rps, args.to_rps, args.duration_s)
+                .map_err(|e| anyhow::anyhow!("--from-rps, --to-rps, --duration-s: {e}"))?,
+            "ramp",
+        )),
+        (None, "saturate") => None,
+        (None, other) => bail!("--mode must be ramp or saturate, got {other:?}"),
+    };
     let queries = read_candidates(&args.data)?;
     let qrels = Qrels::read(&args.qrels)?;
     let target = replay::Target {
@@ -62,14 +84,9 @@ pub fn run(args: ReplayArgs) -> Result<()> {
         seed: args.seed,
     };
     let report = rt.block_on(async {
-        match args.mode.as_str() {
-            "ramp" => {
-                replay::ramp(target, traffic, args.from_rps, args.to_rps, args.duration_s).await
-            }
-            "saturate" => {
-                replay::saturate(target, traffic, args.concurrency, args.duration_s).await
-            }
-            other => bail!("--mode must be ramp or saturate, got {other:?}"),
+        match open_loop {
+            Some((profile, mode)) => replay::open_loop(target, traffic, profile, mode).await,
+            None => replay::saturate(target, traffic, args.concurrency, args.duration_s).await,
         }
     })?;
     println!(

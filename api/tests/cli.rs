@@ -555,3 +555,36 @@ fn int8_configurations_evaluate_through_onnx_only() {
     let (ok, _, stderr) = eval_json(&data, &qrels, "full-int4", &["--model", model]);
     assert!(!ok && stderr.contains("full-int4"), "{stderr}");
 }
+
+/// A bad load shape fails before any data is read (the paths here do not exist), with
+/// the flag and the problem named; `--profile` with `--to-rps` is a usage error.
+#[test]
+fn replay_refuses_a_bad_profile_before_reading_data() {
+    let run = |extra: &[&str]| {
+        let mut args = vec![
+            "replay",
+            "--data",
+            "/nonexistent/data.jsonl",
+            "--qrels",
+            "/nonexistent/qrels.txt",
+        ];
+        args.extend_from_slice(extra);
+        mrank(&args)
+    };
+    let (ok, _, stderr) = run(&["--profile", "0:1,20:6,20:1"]);
+    assert!(!ok);
+    assert!(
+        stderr.contains("--profile") && stderr.contains("must increase"),
+        "{stderr}"
+    );
+    let (ok, _, stderr) = run(&["--mode", "saturate", "--profile", "0:1,20:6"]);
+    assert!(!ok);
+    assert!(stderr.contains("--mode ramp"), "{stderr}");
+    let (ok, _, stderr) = run(&["--profile", "0:1,20:6", "--to-rps", "3"]);
+    assert!(!ok);
+    assert!(stderr.contains("cannot be used with"), "{stderr}");
+    let (ok, _, stderr) = run(&["--from-rps", "0", "--to-rps", "0"]);
+    assert!(!ok);
+    assert!(stderr.contains("nothing would be sent"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}

@@ -1,10 +1,11 @@
 //! Replay: real queries sent to a running server under a load profile, and the report
 //! that says whether it held its latency target and at what quality.
 //!
-//! - **Open loop** (`ramp`): Poisson arrivals whose rate moves linearly from `from` to
-//!   `to` requests per second; each request is one DL19 query with its first 20-100
-//!   BM25 candidates. Latency is measured from the moment a request was due, so a slow
-//!   client never hides queueing.
+//! - **Open loop** (`open_loop`): Poisson arrivals whose rate follows a `LoadProfile`,
+//!   piecewise linear in time: a ramp from `from` to `to` requests per second, or any
+//!   shape of keyframes such as a spike and the calm after it; each request is one DL19
+//!   query with its first 20-100 BM25 candidates. Latency is measured from the moment a
+//!   request was due, so a slow client never hides queueing.
 //! - **Closed loop** (`saturate`): `concurrency` clients send back to back; the report's
 //!   pairs/s is the server's HTTP throughput.
 //!
@@ -48,6 +49,9 @@ pub struct Window {
     pub refused: usize,
     pub p99_s: f64,
     pub full_share: f64,
+    /// Mean nDCG@10 of the window's judged answers (null without any): the quality
+    /// actually served, second by second, so a plot shows the fall and the return.
+    pub ndcg10: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -179,6 +183,11 @@ fn percentile(v: &mut [f64], p: f64) -> f64 {
     v[((v.len() as f64 * p).ceil() as usize).clamp(1, v.len()) - 1]
 }
 
+fn mean(values: impl Iterator<Item = f64>) -> Option<f64> {
+    let (sum, n) = values.fold((0.0, 0usize), |(s, n), v| (s + v, n + 1));
+    (n > 0).then(|| sum / n as f64)
+}
+
 fn report(
     mode: &str,
     config: &str,
@@ -219,6 +228,11 @@ fn report(
                 .filter(|s| s.status == 200 && s.config == "full")
                 .count() as f64
                 / answered.max(1) as f64,
+            ndcg10: mean(
+                list.iter()
+                    .filter(|s| s.status == 200)
+                    .filter_map(|s| s.ndcg10),
+            ),
         });
     }
     let active: Vec<&Window> = windows.iter().filter(|w| w.answered > 0).collect();
@@ -263,13 +277,121 @@ pub struct Traffic {
     pub seed: u64,
 }
 
-/// Open-loop ramp from `from_rps` to `to_rps` over `duration_s`.
-pub async fn ramp(
+/// Offered load over time: requests per second at keyframe times, linear in between.
+/// The run lasts until the last keyframe.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoadProfile {
+    /// `(seconds from the start, requests per second)`, times strictly increasing from 0.
+    points: Vec<(f64, f64)>,
+}
+
+impl LoadProfile {
+    /// A linear ramp from `from_rps` to `to_rps` over `duration_s`.
+    pub fn ramp(from_rps: f64, to_rps: f64, duration_s: f64) -> Result<Self, String> {
+        Self::new(vec![(0.0, from_rps), (duration_s, to_rps)])
+    }
+
+    /// Parses `SECONDS:RPS,SECONDS:RPS,...`, e.g. `0:0.5,20:6,60:6,65:0.5,120:0.5` (calm,
+    /// a spike from 20 s to 60 s, calm again). The first time must be 0.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let points = text
+            .split(',')
+            .map(|part| {
+                let (t, r) = part.trim().split_once(':').ok_or_else(|| {
+                    format!("`{part}` is not SECONDS:RPS (e.g. `20:6` for 6 requests/s at 20 s)")
+                })?;
+                let number = |v: &str, what: &str| {
+                    v.trim()
+                        .parse::<f64>()
+                        .map_err(|_| format!("`{part}`: {what} `{v}` is not a number"))
+                };
+                Ok((number(t, "time")?, number(r, "rate")?))
+            })
+            .collect::<Result<Vec<_>, String>>()?;
+        Self::new(points)
+    }
+
+    fn new(points: Vec<(f64, f64)>) -> Result<Self, String> {
+        if points.len() < 2 {
+            return Err("a load profile needs at least two keyframes (a start and an end)".into());
+        }
+        if points[0].0 != 0.0 {
+            return Err(format!(
+                "the first keyframe must be at 0 s, not {} s",
+                points[0].0
+            ));
+        }
+        if let Some(&(t, _)) = points.iter().find(|(t, _)| !t.is_finite()) {
+            return Err(format!(
+                "keyframe time {t} is not a finite number of seconds"
+            ));
+        }
+        for w in points.windows(2) {
+            if w[1].0 <= w[0].0 {
+                return Err(format!(
+                    "keyframe times must increase: {} s follows {} s",
+                    w[1].0, w[0].0
+                ));
+            }
+        }
+        if let Some(&(t, r)) = points.iter().find(|(_, r)| !(r.is_finite() && *r >= 0.0)) {
+            return Err(format!(
+                "the rate at {t} s is {r}; rates are requests per second, 0 or more"
+            ));
+        }
+        if points.iter().all(|&(_, r)| r == 0.0) {
+            return Err("every rate of the profile is 0: nothing would be sent".into());
+        }
+        Ok(LoadProfile { points })
+    }
+
+    pub fn duration_s(&self) -> f64 {
+        self.points[self.points.len() - 1].0
+    }
+
+    pub fn peak_rps(&self) -> f64 {
+        self.points.iter().map(|&(_, r)| r).fold(0.0, f64::max)
+    }
+
+    /// Requests per second at `t` (the last keyframe's rate after the end).
+    pub fn rate(&self, t: f64) -> f64 {
+        let i = self.points.partition_point(|&(at, _)| at <= t);
+        if i == 0 {
+            return self.points[0].1;
+        }
+        if i == self.points.len() {
+            return self.points[i - 1].1;
+        }
+        let ((t0, r0), (t1, r1)) = (self.points[i - 1], self.points[i]);
+        r0 + (r1 - r0) * (t - t0) / (t1 - t0)
+    }
+
+    /// Arrival times of a Poisson process with this rate, by thinning: candidates at the
+    /// peak rate, each kept with probability rate(t) / peak. Exact for any shape, where
+    /// stepping by 1/rate(t) would carry a calm gap far into a spike.
+    pub fn arrivals(&self, rng: &mut StdRng) -> Vec<f64> {
+        let peak = self.peak_rps();
+        let mut out = Vec::new();
+        let mut t = 0.0;
+        loop {
+            t += -rng.random::<f64>().max(1e-12).ln() / peak;
+            if t >= self.duration_s() {
+                return out;
+            }
+            if rng.random::<f64>() * peak < self.rate(t) {
+                out.push(t);
+            }
+        }
+    }
+}
+
+/// Open loop: Poisson arrivals whose rate follows `profile`. `mode` names the run in the
+/// report (`ramp` or `profile`).
+pub async fn open_loop(
     target: Target,
     traffic: Traffic,
-    from_rps: f64,
-    to_rps: f64,
-    duration_s: f64,
+    profile: LoadProfile,
+    mode: &str,
 ) -> Result<Report> {
     let Traffic {
         queries,
@@ -285,15 +407,11 @@ pub async fn ramp(
     });
     let target = Arc::new(target);
     let mut rng = StdRng::seed_from_u64(seed);
-    let rate = move |t: f64| from_rps + (to_rps - from_rps) * (t / duration_s).clamp(0.0, 1.0);
+    let arrivals = profile.arrivals(&mut rng);
+    let duration_s = profile.duration_s();
     let start = Instant::now();
-    let mut t = 0.0;
-    let mut tasks = Vec::new();
-    loop {
-        t += -rng.random::<f64>().max(1e-12).ln() / rate(t).max(1e-6);
-        if t >= duration_s {
-            break;
-        }
+    let mut tasks = Vec::with_capacity(arrivals.len());
+    for &t in &arrivals {
         let due = start + Duration::from_secs_f64(t);
         tokio::time::sleep_until(due.into()).await;
         let (q, n) = work.pick(&mut rng);
@@ -308,10 +426,10 @@ pub async fn ramp(
         )));
         if tasks.len() % 20 == 0 {
             eprint!(
-                "\rramp {config}: {:.0}/{duration_s:.0} s, {} requests sent, offered {:.2}/s   ",
-                t,
+                "\r{mode} {config}: {t:.0}/{duration_s:.0} s, {}/{} requests sent, offered {:.2}/s   ",
                 tasks.len(),
-                rate(t)
+                arrivals.len(),
+                profile.rate(t)
             );
         }
     }
@@ -320,7 +438,9 @@ pub async fn ramp(
         samples.push(task.await.context("request task")?);
     }
     eprintln!();
-    Ok(report("ramp", config, duration_s, slo_s, samples, rate))
+    Ok(report(mode, config, duration_s, slo_s, samples, |t| {
+        profile.rate(t)
+    }))
 }
 
 /// Closed loop: `concurrency` clients back to back for `duration_s`.
@@ -389,4 +509,78 @@ fn judged(queries: Vec<QueryCandidates>, qrels: &Qrels) -> Result<Vec<QueryCandi
         "no query of the data has judgments in the qrels"
     );
     Ok(judged)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn profile_interpolates_between_keyframes_and_holds_the_last_rate() {
+        let p = LoadProfile::parse("0:1, 10:3,20:3,30:0").unwrap();
+        assert_eq!(p.duration_s(), 30.0);
+        assert_eq!(p.peak_rps(), 3.0);
+        assert_eq!(p.rate(0.0), 1.0);
+        assert!((p.rate(5.0) - 2.0).abs() < 1e-12);
+        assert_eq!(p.rate(15.0), 3.0);
+        assert!((p.rate(27.5) - 0.75).abs() < 1e-12);
+        assert_eq!(p.rate(40.0), 0.0);
+        assert_eq!(LoadProfile::ramp(0.2, 2.2, 100.0).unwrap().rate(50.0), 1.2);
+    }
+
+    #[test]
+    fn bad_profiles_say_what_is_wrong() {
+        let err = |text: &str| LoadProfile::parse(text).unwrap_err();
+        assert!(err("0:1").contains("at least two"), "{}", err("0:1"));
+        assert!(err("5:1,10:2").contains("first keyframe must be at 0"));
+        assert!(err("0:1,10:2,10:3").contains("must increase"));
+        assert!(err("0:1,10:-2").contains("0 or more"));
+        assert!(err("0:1,ten:2").contains("time `ten` is not a number"));
+        assert!(err("0:1,10").contains("is not SECONDS:RPS"));
+        assert!(err("0:0,10:0").contains("nothing would be sent"));
+        assert!(err("0:1,inf:2").contains("not a finite number"));
+        assert!(err("0:1,10:NaN").contains("0 or more"));
+    }
+
+    /// Thinning gives each stretch of the profile its own rate: a calm before a spike
+    /// does not carry into it. Counts over a long seeded run, within 5 standard
+    /// deviations of the Poisson means.
+    #[test]
+    fn arrivals_follow_a_step_profile() {
+        let p = LoadProfile::parse("0:1,1000:1,1000.001:10,1500:10").unwrap();
+        let arrivals = p.arrivals(&mut StdRng::seed_from_u64(3));
+        let calm = arrivals.iter().filter(|&&t| t < 1000.0).count() as f64;
+        let spike = arrivals.iter().filter(|&&t| t >= 1000.0).count() as f64;
+        assert!((calm - 1000.0).abs() < 5.0 * 1000f64.sqrt(), "calm {calm}");
+        assert!(
+            (spike - 5000.0).abs() < 5.0 * 5000f64.sqrt(),
+            "spike {spike}"
+        );
+        assert!(arrivals.windows(2).all(|w| w[0] < w[1]));
+        assert!(arrivals.iter().all(|&t| t < p.duration_s()));
+    }
+
+    #[test]
+    fn windows_report_the_quality_served_in_each_second() {
+        let sample = |sent_s: f64, status: u16, ndcg10: Option<f64>| Sample {
+            sent_s,
+            latency_s: 0.5,
+            status,
+            config: "full".into(),
+            documents: 10,
+            ndcg10,
+        };
+        let samples = vec![
+            sample(0.1, 200, Some(0.4)),
+            sample(0.7, 200, Some(0.8)),
+            sample(1.2, 429, None),
+            sample(2.5, 200, None),
+        ];
+        let r = report("profile", "auto", 3.0, 3.0, samples, |_| 1.0);
+        let q: Vec<Option<f64>> = r.windows.iter().map(|w| w.ndcg10).collect();
+        assert!((q[0].unwrap() - 0.6).abs() < 1e-12);
+        assert_eq!(q[1], None);
+        assert_eq!(q[2], None);
+        assert_eq!(r.windows[1].refused, 1);
+    }
 }
