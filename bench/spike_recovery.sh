@@ -12,7 +12,7 @@
 #
 # Needs: the release binary, DL19 data, an export of the embedded default (the
 # server's first start writes one). Overrides: CALM SPIKE SPIKE_S AFTER_S SLO_MS THREADS
-# OUT PORT. Nothing else should load the machine.
+# OUT PORT SEED (the arrivals and queries drawn; default 7). Nothing else should load the machine.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -48,7 +48,7 @@ grep -h "quality ladder" "$out/serve.log" >&2 || true
 echo "== profile $profile" >&2
 $mrank replay --target "127.0.0.1:$port" --data "$data/dl19-bm25-top100.jsonl" \
   --qrels "$data/qrels.dl19-passage.txt" --slo-ms "$slo_ms" --mode ramp --config auto \
-  --profile "$profile" --out "$out/spike.json"
+  --profile "$profile" --seed "${SEED:-7}" --out "$out/spike.json"
 grep -E "VmHWM|VmRSS" /proc/$server/status > "$out/server-memory.txt"
 kill $server; wait $server 2>/dev/null || true
 
