@@ -4,7 +4,9 @@
 #   1. engine throughput per configuration + the peer baseline (mrank bench);
 #   2. resident memory with one and with all configurations loaded;
 #   3. HTTP throughput at saturation, pinned to full (mrank replay --mode saturate);
-#   4. a ramp to ~3x full capacity with `auto`, then the same ramp pinned to `full`.
+#   4. a ramp to ~3x full capacity with `auto`, then the same ramp pinned to `full`;
+#   5. a spike to ~3.6x full capacity and the calm after it (bench/spike_recovery.sh,
+#      its own server on the default export).
 # Needs: the release binary, the peer graph (fixtures/peer_baseline.py), DL19 data.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -41,3 +43,8 @@ replay --mode ramp --config auto --from-rps "${FROM_RPS:-0.2}" --to-rps "${TO_RP
 sleep 5
 echo "== ramp, pinned full" >&2
 replay --mode ramp --config full --from-rps "${FROM_RPS:-0.2}" --to-rps "${TO_RPS:-2.2}" --duration-s "${RAMP_S:-120}" --out "$out/ramp-full.json"
+kill $server; wait $server 2>/dev/null || true
+trap - EXIT
+
+echo "== spike and recovery, auto" >&2
+OUT=$out/spike bench/spike_recovery.sh
