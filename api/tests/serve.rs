@@ -368,6 +368,21 @@ fn truncation_controls() {
         &json!({"query": QUERY, "texts": [docs()[0], long]}),
     );
     r.assert_error(422, "input_too_long", Some("texts[1]"));
+    // A query too long to fit is the query's fault, not the document's.
+    let r = post(
+        s.port,
+        "/rerank",
+        &json!({"query": long, "texts": [docs()[0]]}),
+    );
+    r.assert_error(422, "input_too_long", Some("query"));
+    assert!(r.body.contains("tokens; at most"), "{}", r.body);
+    // A cut asked for with `max_tokens_per_doc` is not an over-long input.
+    let r = post(
+        s.port,
+        "/rerank",
+        &json!({"query": QUERY, "texts": [docs()[0]], "max_tokens_per_doc": 1}),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
     let r = post(
         s.port,
         "/rerank",
@@ -408,6 +423,24 @@ fn client_errors_are_4xx_json_naming_the_field() {
         "empty_query",
         Some("query"),
     );
+    post(
+        p,
+        "/v2/rerank",
+        &json!({"query": "\u{200b}\u{0000}", "documents": ["a"]}),
+    )
+    .assert_error(422, "empty_query", Some("query"));
+    post(
+        p,
+        "/rerank",
+        &json!({"query": "q", "texts": ["a"], "documents": ["b"]}),
+    )
+    .assert_error(422, "ambiguous_shape", Some("documents"));
+    let r = post(
+        p,
+        "/rerank",
+        &json!({"query": "q", "texts": null, "documents": ["b"]}),
+    );
+    assert_eq!(r.status, 200, "a null `texts` is absent: {}", r.body);
     post(p, "/v2/rerank", &json!({"documents": ["a"]})).assert_error(
         422,
         "missing_field",
@@ -635,17 +668,12 @@ fn limits_overload_and_auth_on_a_configured_server() {
     try_request(p, "POST", "/v2/rerank", &auth, six.as_bytes())
         .unwrap()
         .assert_error(422, "too_many_documents", Some("documents"));
-    // More tokens than the queue bound: refused with Retry-After.
+    // More tokens than the queue holds, alone: no retry would help, so not a 429.
     let heavy = json!({"query": QUERY, "documents": vec!["paris is the capital of france and its largest city by far"; 5]}).to_string();
     let r = try_request(p, "POST", "/v2/rerank", &auth, heavy.as_bytes()).unwrap();
-    r.assert_error(429, "overloaded", None);
-    assert!(
-        r.header("retry-after")
-            .and_then(|v| v.parse::<u64>().ok())
-            .is_some_and(|v| v >= 1),
-        "Retry-After: {:?}",
-        r.header("retry-after")
-    );
+    r.assert_error(422, "too_many_tokens", Some("documents"));
+    assert!(r.body.contains("--max-queued-tokens"), "{}", r.body);
+    assert_eq!(r.header("retry-after"), None);
 }
 
 #[test]

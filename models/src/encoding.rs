@@ -33,6 +33,15 @@ impl Span {
     }
 }
 
+/// A request's pairs, and how long its query was before any cut.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EncodedRequest {
+    pub pairs: Vec<EncodedPair>,
+    /// Query tokens before truncation: over `PairEncoder::query_cap` means the query
+    /// itself was cut, whatever the documents.
+    pub query_tokens: usize,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EncodedPair {
     pub input_ids: Vec<u32>,
@@ -44,7 +53,8 @@ pub struct EncodedPair {
     pub prompt: Option<Span>,
     /// Where the score is read: 0 for BERT, the last token for decoders.
     pub score_pos: usize,
-    /// Whether the query or passage lost tokens to `max_length`.
+    /// Whether the query or passage lost tokens to `max_length` (a cut asked for with
+    /// `max_passage_tokens` does not count).
     pub truncated: bool,
     /// The passage keeps its end when cut (TEI's `truncation_direction: "left"`); a
     /// configuration's passage cap then cuts from the start too.
@@ -102,7 +112,8 @@ impl EncodedPair {
                 len: p.len,
             }),
             score_pos: shift(self.score_pos),
-            truncated: true,
+            // A cap is a cut asked for; only `max_length` cuts count as truncation.
+            truncated: self.truncated,
             keeps_end: self.keeps_end,
         }
     }
@@ -299,28 +310,74 @@ impl PairEncoder {
         max_passage_tokens: Option<usize>,
         keep_end: bool,
     ) -> Result<EncodedPair> {
-        let (mut q, mut p) = match &self.template {
-            Template::Bert { .. } => (self.tokens(query)?, self.tokens(passage)?),
-            Template::Decoder { .. } => (
-                self.tokens(&format!("A: {query}"))?,
-                self.tokens(&format!("B: {passage}"))?,
-            ),
-        };
-        let budget = self.max_length - self.template_tokens();
-        let query_cap = budget * 3 / 4;
-        let mut truncated = false;
-        if q.len() > query_cap {
-            q.truncate(query_cap);
-            truncated = true;
+        let q = self.query_ids(query)?;
+        Ok(self.assemble(&q, self.passage_ids(passage)?, max_passage_tokens, keep_end))
+    }
+
+    /// Encodes one request: its query against each passage, the query tokenized once
+    /// (per pair, a long query would be tokenized once per document).
+    pub fn encode_request<S: AsRef<str>>(
+        &self,
+        query: &str,
+        passages: &[S],
+        max_passage_tokens: Option<usize>,
+        keep_end: bool,
+    ) -> Result<EncodedRequest> {
+        let q = self.query_ids(query)?;
+        let pairs = passages
+            .iter()
+            .map(|p| {
+                let p = self.passage_ids(p.as_ref())?;
+                Ok(self.assemble(&q, p, max_passage_tokens, keep_end))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(EncodedRequest {
+            pairs,
+            query_tokens: q.len(),
+        })
+    }
+
+    /// The most query tokens a pair keeps: 3/4 of what the template leaves of
+    /// `max_length`, so a long query still leaves room for the passage.
+    pub fn query_cap(&self) -> usize {
+        (self.max_length - self.template_tokens()) * 3 / 4
+    }
+
+    fn query_ids(&self, query: &str) -> Result<Vec<u32>> {
+        match &self.template {
+            Template::Bert { .. } => self.tokens(query),
+            Template::Decoder { .. } => self.tokens(&format!("A: {query}")),
         }
-        let passage_cap = (budget - q.len()).min(max_passage_tokens.unwrap_or(usize::MAX));
+    }
+
+    fn passage_ids(&self, passage: &str) -> Result<Vec<u32>> {
+        match &self.template {
+            Template::Bert { .. } => self.tokens(passage),
+            Template::Decoder { .. } => self.tokens(&format!("B: {passage}")),
+        }
+    }
+
+    /// Builds a pair from token ids: the query cut to `query_cap`, the passage to what
+    /// is left of `max_length` and to `max_passage_tokens`. `truncated` reports only
+    /// cuts forced by `max_length`; `max_passage_tokens` is a cut the caller asked for.
+    fn assemble(
+        &self,
+        query: &[u32],
+        mut p: Vec<u32>,
+        max_passage_tokens: Option<usize>,
+        keep_end: bool,
+    ) -> EncodedPair {
+        let budget = self.max_length - self.template_tokens();
+        let q = &query[..query.len().min(self.query_cap())];
+        let room = budget - q.len();
+        let truncated = q.len() < query.len() || p.len() > room;
+        let passage_cap = room.min(max_passage_tokens.unwrap_or(usize::MAX));
         if p.len() > passage_cap {
             if keep_end {
                 p.drain(..p.len() - passage_cap);
             } else {
                 p.truncate(passage_cap);
             }
-            truncated = true;
         }
         let mut ids = Vec::with_capacity(q.len() + p.len() + self.template_tokens());
         let mut types = Vec::with_capacity(ids.capacity());
@@ -335,7 +392,7 @@ impl PairEncoder {
                     start: 1,
                     len: q.len(),
                 };
-                ids.extend_from_slice(&q);
+                ids.extend_from_slice(q);
                 ids.push(*sep);
                 if *passage_cls {
                     ids.push(*cls);
@@ -360,7 +417,7 @@ impl PairEncoder {
                     start: ids.len(),
                     len: q.len(),
                 };
-                ids.extend_from_slice(&q);
+                ids.extend_from_slice(q);
                 ids.extend_from_slice(newline);
                 let passage_span = Span {
                     start: ids.len(),
@@ -382,7 +439,7 @@ impl PairEncoder {
         } else {
             0
         };
-        Ok(EncodedPair {
+        EncodedPair {
             input_ids: ids,
             token_type_ids: types,
             query: query_span,
@@ -391,7 +448,7 @@ impl PairEncoder {
             score_pos,
             truncated,
             keeps_end: keep_end,
-        })
+        }
     }
 
     /// Token counts at the reference lengths (query 32, passage 128) for FLOP reports.

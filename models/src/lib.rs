@@ -14,7 +14,7 @@ pub mod stamp;
 pub mod substructure;
 
 pub use checkpoint::{Checkpoint, TensorF32};
-pub use encoding::{EncodedPair, PaddedBatch, PairEncoder, Span};
+pub use encoding::{EncodedPair, EncodedRequest, PaddedBatch, PairEncoder, Span};
 pub use error::{ModelsError, Result};
 pub use families::{Dimensions, Family, ModelConfig};
 pub use flops::{pair_flops, PairLengths};

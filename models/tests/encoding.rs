@@ -230,3 +230,59 @@ fn padded_batch_masks_and_spans() {
         .iter()
         .all(|&t| t == enc.pad_id));
 }
+
+/// A request encodes its query once: the same pairs as encoding each pair alone, for an
+/// encoder and a decoder template, and the query's length before any cut.
+#[test]
+fn a_request_encodes_like_its_pairs_and_reports_the_query_length() {
+    let long = "word ".repeat(200);
+    let passages = ["fleas are small insects".to_string(), long.clone()];
+    for (name, enc) in [
+        ("bert", PairEncoder::new(&minilm(), 64).unwrap()),
+        (
+            "llama",
+            PairEncoder::new(&Checkpoint::open(fixture("tiny-llama")).unwrap(), 64).unwrap(),
+        ),
+    ] {
+        for (query, cap, keep_end) in [
+            ("what is a flea", None, false),
+            (long.as_str(), Some(5), true),
+        ] {
+            let request = enc.encode_request(query, &passages, cap, keep_end).unwrap();
+            for (pair, passage) in request.pairs.iter().zip(&passages) {
+                let alone = enc
+                    .encode_truncating(query, passage, cap, keep_end)
+                    .unwrap();
+                assert_eq!(pair, &alone, "{name}");
+            }
+            assert!(request.query_tokens >= request.pairs[0].query.len, "{name}");
+            assert_eq!(
+                request.query_tokens > enc.query_cap(),
+                query == long,
+                "{name}: {} tokens, cap {}",
+                request.query_tokens,
+                enc.query_cap()
+            );
+        }
+    }
+}
+
+/// `truncated` reports cuts forced by the model's length only: a short passage cut by
+/// `max_passage_tokens` is not truncated, a passage over the length is.
+#[test]
+fn a_cut_asked_for_is_not_truncation() {
+    let enc = PairEncoder::new(&minilm(), 64).unwrap();
+    let asked = enc
+        .encode(
+            "what is a flea",
+            "fleas are small wingless insects",
+            Some(2),
+        )
+        .unwrap();
+    assert_eq!(asked.passage.len, 2);
+    assert!(!asked.truncated);
+    let forced = enc
+        .encode("what is a flea", &"word ".repeat(200), Some(2))
+        .unwrap();
+    assert!(forced.truncated);
+}

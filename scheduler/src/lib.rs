@@ -131,6 +131,11 @@ pub enum Rejection {
     },
     UnknownConfig(String),
     Empty,
+    /// The request alone holds more tokens than the queue may: no wait would help.
+    TooLarge {
+        tokens: usize,
+        max_queued_tokens: usize,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -284,6 +289,12 @@ impl Scheduler {
             })
             .collect();
         let rung_tokens: Vec<usize> = run_tokens.iter().map(|t| t.iter().sum()).collect();
+        if tokens > self.settings.max_queued_tokens {
+            return Err(Rejection::TooLarge {
+                tokens,
+                max_queued_tokens: self.settings.max_queued_tokens,
+            });
+        }
         if self.queued_tokens + tokens > self.settings.max_queued_tokens {
             return Err(Rejection::Overloaded {
                 retry_after_s: self.drain_time(now),
@@ -487,6 +498,13 @@ impl Scheduler {
                 .latency
                 .observe(plan.padded_tokens, elapsed_s);
         }
+        self.release(plan, now)
+    }
+
+    /// Like `complete`, for a batch whose time says nothing about the configuration's
+    /// speed (it failed, or none of its requests was left to run): the pairs leave the
+    /// queue's accounting, the latency model learns nothing.
+    pub fn release(&mut self, plan: &BatchPlan, now: f64) -> Vec<u64> {
         self.in_flight_until = now;
         let mut done = Vec::new();
         for &(id, _) in &plan.items {

@@ -486,3 +486,41 @@ fn a_capped_rung_is_costed_and_batched_on_its_capped_tokens() {
     let unknown = ladder().admit(request(Vec::new()), 0.0).unwrap();
     assert!(unknown.predicted_s > 2.0, "{unknown:?}");
 }
+
+/// The queue bound: a request that fits alone but not behind the queue is refused as
+/// overloaded (worth a retry); one larger than the whole queue is refused as too large.
+#[test]
+fn queue_bound_refuses_a_full_queue_and_an_oversized_request_differently() {
+    let mut s = Scheduler::new(
+        vec![ConfigInfo {
+            id: "full".into(),
+            quality: 1.0,
+            latency: LatencyModel::new(0.001, 1e-6),
+            passage_tokens: None,
+        }],
+        SchedulerConfig {
+            slo_target_s: 100.0,
+            max_queued_tokens: 100,
+            ..Default::default()
+        },
+    );
+    let spec = |tokens: usize| RequestSpec {
+        pair_tokens: vec![tokens],
+        passage_tokens: Vec::new(),
+        choice: Choice::Auto,
+        deadline_s: None,
+    };
+    s.admit(spec(60), 0.0).unwrap();
+    match s.admit(spec(60), 0.0) {
+        Err(Rejection::Overloaded { retry_after_s }) => assert!(retry_after_s > 0.0),
+        other => panic!("a full queue gave {other:?}"),
+    }
+    match s.admit(spec(120), 0.0) {
+        Err(Rejection::TooLarge {
+            tokens: 120,
+            max_queued_tokens: 100,
+        }) => {}
+        other => panic!("an oversized request gave {other:?}"),
+    }
+    s.admit(spec(40), 0.0).unwrap();
+}

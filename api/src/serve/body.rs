@@ -100,10 +100,19 @@ pub fn parse(
             kind(&body)
         )));
     }
+    // A field sent as `null` counts as absent, as everywhere else in the body.
+    let present = |field: &str| body.get(field).is_some_and(|v| !v.is_null());
     let shape = match forced {
         Some(s) => s,
-        None if body.get("texts").is_some() => Shape::Tei,
-        None if body.get("documents").is_some() => Shape::Cohere,
+        None if present("texts") && present("documents") => {
+            return Err(ApiError::invalid(
+                "documents",
+                "ambiguous_shape",
+                "send `texts` (TEI shape) or `documents` (Cohere/Jina shape), not both",
+            ))
+        }
+        None if present("texts") => Shape::Tei,
+        None if present("documents") => Shape::Cohere,
         None => {
             return Err(ApiError::invalid(
                 "documents",

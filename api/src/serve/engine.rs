@@ -188,23 +188,13 @@ impl Engine {
 
     fn executor_loop(self: Arc<Self>) {
         loop {
-            let (plan, batch) = {
+            let batch = {
                 let mut state = self.lock();
                 loop {
                     let now = self.now();
-                    if let Some(plan) = state.scheduler.next_batch(now) {
-                        let pairs: Vec<EncodedPair> = plan
-                            .items
-                            .iter()
-                            .filter_map(|(id, i)| state.jobs.get(id).map(|j| j.pairs[*i].clone()))
-                            .collect();
-                        for (id, _) in &plan.items {
-                            if let Some(j) = state.jobs.get_mut(id) {
-                                j.started_at.get_or_insert_with(Instant::now);
-                            }
-                        }
+                    if let Some(batch) = state.take_batch(now) {
                         self.publish(&mut state, now);
-                        break (plan, pairs);
+                        break batch;
                     }
                     if state.stopping && state.jobs.is_empty() {
                         return;
@@ -216,64 +206,267 @@ impl Engine {
                         .0;
                 }
             };
-            self.run_batch(plan, batch);
+            self.run_batch(batch);
         }
     }
 
-    fn run_batch(&self, plan: BatchPlan, pairs: Vec<EncodedPair>) {
+    fn run_batch(&self, batch: Batch) {
+        if batch.items.is_empty() {
+            // Every request of the plan is gone: nothing to run, and no time to learn from.
+            let now = self.now();
+            let mut state = self.lock();
+            state.scheduler.release(&batch.plan, now);
+            self.publish(&mut state, now);
+            return;
+        }
         let started = Instant::now();
-        // Planned and copied under one lock, so every pair of the plan is here.
-        let padded = PaddedBatch::new(&pairs, self.runtime.encoder.pad_id);
+        let padded = PaddedBatch::new(&batch.pairs, self.runtime.encoder.pad_id);
         let result = self
             .runtime
-            .run(&plan.config, &padded)
-            .map_err(|e| e.to_string());
+            .run(&batch.plan.config, &padded)
+            .map_err(|e| e.to_string())
+            .and_then(|scores| {
+                if scores.len() == batch.items.len() {
+                    Ok(scores)
+                } else {
+                    Err(format!(
+                        "the graph returned {} scores for {} pairs",
+                        scores.len(),
+                        batch.items.len()
+                    ))
+                }
+            });
         let took = started.elapsed().as_secs_f64();
-        self.metrics
-            .batch(&plan.config, plan.items.len(), plan.padded_tokens, took);
+        self.metrics.batch(
+            &batch.plan.config,
+            batch.items.len(),
+            batch.plan.padded_tokens,
+            took,
+        );
         let now = self.now();
         let mut state = self.lock();
-        match &result {
-            Ok(scores) => {
-                for ((id, i), s) in plan.items.iter().zip(scores) {
-                    if let Some(j) = state.jobs.get_mut(id) {
-                        j.scores[*i] = *s;
-                        j.inference_s += took / plan.items.len() as f64;
-                    }
-                }
-            }
+        let finished = match result {
+            Ok(scores) => state.record(&batch, &scores, took, now),
             Err(message) => {
-                tracing_error(&plan.config, message);
-                for (id, _) in &plan.items {
-                    if let Some(mut j) = state.jobs.remove(id) {
-                        if let Some(tx) = j.reply.take() {
-                            let _ = tx.send(Err(format!("inference failed: {message}")));
-                        }
-                    }
-                }
+                tracing_error(&batch.plan.config, &message);
+                state.fail(&batch, &message, now)
             }
-        }
-        let finished = state.scheduler.complete(&plan, took, now);
-        for id in finished {
-            if let Some(mut j) = state.jobs.remove(&id) {
-                let queue_s = j
-                    .started_at
-                    .map(|s| s.duration_since(j.admitted_at).as_secs_f64())
-                    .unwrap_or(0.0);
-                if let Some(tx) = j.reply.take() {
-                    let _ = tx.send(Ok(Finished {
-                        scores: std::mem::take(&mut j.scores),
-                        config: j.config.clone(),
-                        queue_s,
-                        inference_s: j.inference_s,
-                    }));
-                }
+        };
+        for (mut job, queue_s) in finished {
+            if let Some(tx) = job.reply.take() {
+                let _ = tx.send(Ok(Finished {
+                    scores: std::mem::take(&mut job.scores),
+                    config: job.config.clone(),
+                    queue_s,
+                    inference_s: job.inference_s,
+                }));
             }
         }
         self.publish(&mut state, now);
     }
 }
 
+/// A batch as the executor runs it: the scheduler's plan, and the pairs of the requests
+/// still alive, `items[k]` the (request, pair index) that owns `pairs[k]`.
+struct Batch {
+    plan: BatchPlan,
+    items: Vec<(u64, usize)>,
+    pairs: Vec<EncodedPair>,
+}
+
+impl State {
+    /// The next batch the scheduler plans, each pair copied from its request under the
+    /// same lock. An item whose request is gone is left out of `items` and `pairs`
+    /// together: a score must never land on another request's pair.
+    fn take_batch(&mut self, now: f64) -> Option<Batch> {
+        let plan = self.scheduler.next_batch(now)?;
+        let mut items = Vec::with_capacity(plan.items.len());
+        let mut pairs = Vec::with_capacity(plan.items.len());
+        for &(id, i) in &plan.items {
+            if let Some(job) = self.jobs.get_mut(&id) {
+                job.started_at.get_or_insert_with(Instant::now);
+                items.push((id, i));
+                pairs.push(job.pairs[i].clone());
+            }
+        }
+        Some(Batch { plan, items, pairs })
+    }
+
+    /// Stores a batch's scores and returns the requests it finished, each with its
+    /// seconds in the queue.
+    fn record(&mut self, batch: &Batch, scores: &[f32], took: f64, now: f64) -> Vec<(Job, f64)> {
+        for (&(id, i), &score) in batch.items.iter().zip(scores) {
+            if let Some(job) = self.jobs.get_mut(&id) {
+                job.scores[i] = score;
+                job.inference_s += took / batch.items.len() as f64;
+            }
+        }
+        let done = self.scheduler.complete(&batch.plan, took, now);
+        done.into_iter()
+            .filter_map(|id| self.jobs.remove(&id))
+            .map(|job| {
+                let queue_s = job
+                    .started_at
+                    .map(|s| s.duration_since(job.admitted_at).as_secs_f64())
+                    .unwrap_or(0.0);
+                (job, queue_s)
+            })
+            .collect()
+    }
+
+    /// A batch failed: each request with a pair in it gets the error, and its work still
+    /// queued leaves the scheduler, which would otherwise plan pairs of a request that
+    /// has no job any more. A failure's time says nothing about the model's speed, so
+    /// the latency model does not learn from it. Returns what else finished (nothing of
+    /// the failed requests).
+    fn fail(&mut self, batch: &Batch, message: &str, now: f64) -> Vec<(Job, f64)> {
+        for &(id, _) in &batch.items {
+            self.scheduler.cancel(id);
+            if let Some(mut job) = self.jobs.remove(&id) {
+                if let Some(tx) = job.reply.take() {
+                    let _ = tx.send(Err(format!("inference failed: {message}")));
+                }
+            }
+        }
+        self.scheduler.release(&batch.plan, now);
+        Vec::new()
+    }
+}
+
 fn tracing_error(config: &str, message: &str) {
     super::log::error(&format!("batch on {config} failed: {message}"));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use models::Span;
+    use scheduler::{ConfigInfo, LatencyModel, SchedulerConfig};
+
+    type Reply = oneshot::Receiver<Result<Finished, String>>;
+
+    /// A pair of `tokens` tokens whose first id is `tag`, so a test can tell pairs apart.
+    fn pair(tag: u32, tokens: usize) -> EncodedPair {
+        let mut input_ids = vec![1; tokens];
+        input_ids[0] = tag;
+        EncodedPair {
+            input_ids,
+            token_type_ids: vec![0; tokens],
+            query: Span { start: 1, len: 1 },
+            passage: Span {
+                start: 3,
+                len: tokens - 4,
+            },
+            prompt: None,
+            score_pos: 0,
+            truncated: false,
+            keeps_end: false,
+        }
+    }
+
+    /// One configuration, batches of at most 64 tokens: two 32-token pairs each.
+    fn state() -> State {
+        let configs = vec![ConfigInfo {
+            id: "full".into(),
+            quality: 1.0,
+            latency: LatencyModel::new(0.001, 1e-6),
+            passage_tokens: None,
+        }];
+        let settings = SchedulerConfig {
+            slo_target_s: 10.0,
+            token_budget: 64,
+            ..Default::default()
+        };
+        State {
+            scheduler: Scheduler::new(configs, settings),
+            jobs: HashMap::new(),
+            stopping: false,
+        }
+    }
+
+    fn admit(state: &mut State, tags: &[u32]) -> (u64, Reply) {
+        let pairs: Vec<EncodedPair> = tags.iter().map(|&t| pair(t, 32)).collect();
+        let spec = RequestSpec {
+            pair_tokens: pairs.iter().map(|p| p.len()).collect(),
+            passage_tokens: pairs.iter().map(|p| p.passage.len).collect(),
+            choice: Choice::Auto,
+            deadline_s: None,
+        };
+        let Admitted { id, config, .. } = state.scheduler.admit(spec, 0.0).unwrap();
+        let (tx, rx) = oneshot::channel();
+        let n = pairs.len();
+        state.jobs.insert(
+            id,
+            Job {
+                pairs,
+                scores: vec![0.0; n],
+                config,
+                admitted_at: Instant::now(),
+                started_at: None,
+                inference_s: 0.0,
+                reply: Some(tx),
+            },
+        );
+        (id, rx)
+    }
+
+    /// Scores a batch as a model would: each pair's score is its tag.
+    fn run(batch: &Batch) -> Vec<f32> {
+        batch.pairs.iter().map(|p| p.input_ids[0] as f32).collect()
+    }
+
+    /// A request spans three batches; its first one fails. It gets the error, none of
+    /// its queued pairs runs afterwards, and the request behind it is scored with its
+    /// own scores (before the fix, the next plan still held the failed request's pairs,
+    /// and scores shifted onto the wrong requests).
+    #[test]
+    fn a_failed_batch_ends_its_request_and_never_shifts_scores() {
+        let mut state = state();
+        let (a, mut a_reply) = admit(&mut state, &[10, 11, 12, 13, 14, 15]);
+        let (b, mut b_reply) = admit(&mut state, &[20, 21]);
+        let first = state.take_batch(0.0).unwrap();
+        assert!(
+            first.items.iter().all(|&(id, _)| id == a),
+            "{:?}",
+            first.items
+        );
+        assert!(state.fail(&first, "out of memory", 0.1).is_empty());
+        match a_reply.try_recv() {
+            Ok(Err(message)) => assert!(message.contains("out of memory"), "{message}"),
+            other => panic!("the failed request got {other:?}"),
+        }
+        let mut finished = Vec::new();
+        while let Some(batch) = state.take_batch(0.2) {
+            // Not even planned: the failed request's queued pairs left the scheduler.
+            let planned = &batch.plan.items;
+            assert!(planned.iter().all(|&(id, _)| id == b), "{planned:?}");
+            finished.extend(state.record(&batch, &run(&batch), 0.01, 0.3));
+        }
+        assert_eq!(finished.len(), 1);
+        let (job, _) = &finished[0];
+        assert_eq!(job.scores, vec![20.0, 21.0]);
+        assert!(
+            b_reply.try_recv().is_err(),
+            "the engine replies, not `record`"
+        );
+        assert_eq!(state.scheduler.stats(0.3).queued_tokens, 0);
+        assert!(state.jobs.is_empty());
+    }
+
+    /// Should a request's job vanish while the scheduler still plans its pairs, the
+    /// batch leaves them out, and every remaining pair keeps its own request.
+    #[test]
+    fn a_batch_keeps_items_and_pairs_aligned_when_a_request_is_gone() {
+        let mut state = state();
+        let (a, _a_reply) = admit(&mut state, &[10]);
+        let (b, _b_reply) = admit(&mut state, &[20]);
+        state.jobs.remove(&a);
+        let batch = state.take_batch(0.0).unwrap();
+        assert_eq!(batch.plan.items.len(), 2);
+        assert_eq!(batch.items, vec![(b, 0)]);
+        assert_eq!(run(&batch), vec![20.0]);
+        let finished = state.record(&batch, &run(&batch), 0.01, 0.1);
+        assert_eq!(finished.len(), 1);
+        assert_eq!(finished[0].0.scores, vec![20.0]);
+    }
 }

@@ -582,11 +582,10 @@ async fn rerank_inner(
         req.max_tokens_per_doc,
         req.truncate_left,
     );
-    let pairs = tokio::task::spawn_blocking(move || {
-        documents
-            .iter()
-            .map(|d| runtime.encoder.encode_truncating(&query, d, max_doc, left))
-            .collect::<models::Result<Vec<_>>>()
+    let encoded = tokio::task::spawn_blocking(move || {
+        runtime
+            .encoder
+            .encode_request(&query, &documents, max_doc, left)
     })
     .await
     .map_err(|e| {
@@ -606,7 +605,7 @@ async fn rerank_inner(
         name: "tokenize",
         start_ns: tok_start,
         end_ns: now_ns(),
-        attributes: vec![("mrank.pairs", pairs.len().to_string())],
+        attributes: vec![("mrank.pairs", encoded.pairs.len().to_string())],
         error: false,
     });
     let docs_field = if req.shape == Shape::Tei {
@@ -614,15 +613,34 @@ async fn rerank_inner(
     } else {
         "documents"
     };
+    if encoded.query_tokens == 0 {
+        // Not blank, yet nothing the tokenizer keeps (zero-width or control characters):
+        // every document would be scored against an empty query.
+        return Err(ApiError::invalid(
+            "query",
+            "empty_query",
+            "`query` has no token the model reads (only control or zero-width characters)",
+        ));
+    }
+    let max_length = app.engine.runtime.manifest.max_length;
     if !req.truncate {
-        if let Some(i) = pairs.iter().position(|p| p.truncated) {
+        let query_cap = app.engine.runtime.encoder.query_cap();
+        if encoded.query_tokens > query_cap {
+            return Err(ApiError::invalid(
+                "query",
+                "input_too_long",
+                format!("the query is {} tokens; at most {query_cap} fit beside a document in {max_length}; shorten it or send `truncate: true` to cut it", encoded.query_tokens),
+            ));
+        }
+        if let Some(i) = encoded.pairs.iter().position(|p| p.truncated) {
             return Err(ApiError::invalid(
                 &format!("{docs_field}[{i}]"),
                 "input_too_long",
-                format!("query and `{docs_field}[{i}]` exceed {} tokens; send `truncate: true` to cut the document", app.engine.runtime.manifest.max_length),
+                format!("query and `{docs_field}[{i}]` exceed {max_length} tokens; send `truncate: true` to cut the document"),
             ));
         }
     }
+    let pairs = encoded.pairs;
     let total_tokens: usize = pairs.iter().map(|p| p.len()).sum();
     let deadline_s = req.deadline_ms.map(|ms| ms / 1000.0);
     let queue_start = now_ns();
@@ -716,6 +734,14 @@ fn rejection(r: Rejection, docs_field: &str) -> ApiError {
             "unknown_config",
             format!("unknown configuration {id:?}"),
         ),
+        Rejection::TooLarge {
+            tokens,
+            max_queued_tokens,
+        } => ApiError::invalid(
+            docs_field,
+            "too_many_tokens",
+            format!("the request is {tokens} tokens; the server queues at most {max_queued_tokens} (--max-queued-tokens); split it into smaller requests"),
+        ),
         Rejection::Empty => ApiError::invalid(
             docs_field,
             "empty_documents",
@@ -804,4 +830,39 @@ fn respond(
         }
     }
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::response::IntoResponse;
+
+    use super::*;
+
+    /// A full queue is worth retrying: 429 with a whole-second Retry-After, never 0.
+    /// A request larger than the queue is not: 422, no Retry-After.
+    #[test]
+    fn queue_rejections_map_to_429_with_retry_after_or_to_422() {
+        let r =
+            rejection(Rejection::Overloaded { retry_after_s: 2.3 }, "documents").into_response();
+        assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(r.headers()["retry-after"], "3");
+        let r =
+            rejection(Rejection::Overloaded { retry_after_s: 0.0 }, "documents").into_response();
+        assert_eq!(r.headers()["retry-after"], "1");
+        let r = rejection(
+            Rejection::TooLarge {
+                tokens: 90,
+                max_queued_tokens: 60,
+            },
+            "texts",
+        );
+        assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
+        assert_eq!(r.param.as_deref(), Some("texts"));
+        assert!(
+            r.message.contains("90 tokens") && r.message.contains("60"),
+            "{}",
+            r.message
+        );
+        assert!(r.into_response().headers().get("retry-after").is_none());
+    }
 }
