@@ -206,6 +206,14 @@ pub fn run(args: ServeArgs) -> Result<()> {
         max_queued_tokens: args.max_queued_tokens,
         ..Default::default()
     };
+    let largest = args.max_documents * runtime.manifest.max_length;
+    if largest > args.max_queued_tokens {
+        log::info(&format!(
+            "note: a request of --max-documents {} documents at {} tokens each ({largest} tokens) \
+             exceeds --max-queued-tokens {}; such requests are refused with 422 too_many_tokens",
+            args.max_documents, runtime.manifest.max_length, args.max_queued_tokens
+        ));
+    }
     let metrics = Arc::new(Metrics::new(settings.slo_target_s));
     let scheduler = Scheduler::new(ladder, settings);
     let ladder_ids: Vec<String> = scheduler.configs.iter().map(|c| c.id.clone()).collect();
