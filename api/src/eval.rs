@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use candle_core::Device;
 use models::{Configuration, Precision, SubStructure, SubStructureSpace};
 use trainer::adapters::Adapters;
@@ -178,6 +178,15 @@ pub fn run(args: EvalArgs) -> Result<()> {
         eprintln!(
             "warning: {}: {unknown} judged queries are not in {}; they are skipped",
             args.qrels.display(),
+            args.data.display()
+        );
+    }
+    if !queries.iter().any(|q| qrels.by_query.contains_key(&q.qid)) {
+        // Every metric would be a mean over nothing: an error, not a table of zeros.
+        bail!(
+            "{}: judges none of the {} queries of {}; are they files of the same query set?",
+            args.qrels.display(),
+            queries.len(),
             args.data.display()
         );
     }

@@ -7,7 +7,7 @@ use anyhow::{bail, Context, Result};
 use export::{export, measure, ExportRequest};
 use models::runtime::RuntimeOptions;
 use models::{Manifest, Runtime};
-use trainer::data::{read_candidates, Qrels};
+use trainer::data::{read_candidates, Qrels, QueryCandidates};
 
 use crate::model_args::{resolve, ModelArgs};
 
@@ -49,6 +49,11 @@ pub struct ExportArgs {
 }
 
 pub fn run(args: ExportArgs) -> Result<()> {
+    // The dev data is read first: a bad line must fail before minutes of export.
+    let dev = match (&args.data, &args.qrels) {
+        (Some(data), Some(qrels)) => Some((read_candidates(data)?, Qrels::read(qrels)?)),
+        _ => None,
+    };
     let (base, adapters, name) = resolve(&args.model)?;
     let checkpoint = models::Checkpoint::open(&base)?;
     let dims = checkpoint.config.dimensions();
@@ -85,7 +90,7 @@ pub fn run(args: ExportArgs) -> Result<()> {
         },
     )?;
     let _ = export;
-    let manifest = measure_into(&args.out, manifest, &args)?;
+    let manifest = measure_into(&args.out, manifest, &args, dev.as_ref())?;
     let manifest = if args.configs == "frontier" {
         keep_frontier(&args.out, manifest)?
     } else {
@@ -100,8 +105,13 @@ pub fn run(args: ExportArgs) -> Result<()> {
 }
 
 /// Adds latency and dev quality to a fresh export and marks the frontier.
-fn measure_into(dir: &Path, mut manifest: Manifest, args: &ExportArgs) -> Result<Manifest> {
-    if args.no_latency && args.data.is_none() {
+fn measure_into(
+    dir: &Path,
+    mut manifest: Manifest,
+    args: &ExportArgs,
+    dev: Option<&(Vec<QueryCandidates>, Qrels)>,
+) -> Result<Manifest> {
+    if args.no_latency && dev.is_none() {
         return Ok(manifest);
     }
     let runtime = Runtime::load(
@@ -114,11 +124,9 @@ fn measure_into(dir: &Path, mut manifest: Manifest, args: &ExportArgs) -> Result
     if !args.no_latency {
         measure::record_latencies(&runtime, &mut manifest)?;
     }
-    if let (Some(data), Some(qrels)) = (&args.data, &args.qrels) {
-        let queries = read_candidates(data)?;
-        let qrels = Qrels::read(qrels)?;
+    if let Some((queries, qrels)) = dev {
         let ids = runtime.config_ids();
-        let quality = measure::evaluate_runtime(&runtime, &queries, &qrels, &ids, 8192, true)?;
+        let quality = measure::evaluate_runtime(&runtime, queries, qrels, &ids, 8192, true)?;
         for q in quality {
             if let Some(c) = manifest.configs.iter_mut().find(|c| c.id == q.id) {
                 c.ndcg_at_10 = Some(q.ndcg10);

@@ -62,7 +62,18 @@ pub fn run(args: ReplayArgs) -> Result<()> {
                 .map_err(|e| anyhow::anyhow!("--from-rps, --to-rps, --duration-s: {e}"))?,
             "ramp",
         )),
-        (None, "saturate") => None,
+        (None, "saturate") => {
+            if !(args.duration_s.is_finite() && args.duration_s > 0.0) {
+                bail!(
+                    "--duration-s must be a positive number of seconds, got {}",
+                    args.duration_s
+                );
+            }
+            if args.concurrency == 0 {
+                bail!("--concurrency must be at least 1 client");
+            }
+            None
+        }
         (None, other) => bail!("--mode must be ramp or saturate, got {other:?}"),
     };
     let queries = read_candidates(&args.data)?;

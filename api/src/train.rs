@@ -10,7 +10,7 @@ use trainer::config::TrainConfig;
 use trainer::data::{read_candidates, Qrels};
 use trainer::eval::evaluate;
 use trainer::reranker::Reranker;
-use trainer::train::{load_data, Trainer};
+use trainer::train::{load_data, phases, Trainer};
 
 #[derive(clap::Args)]
 pub struct TrainArgs {
@@ -40,16 +40,27 @@ pub fn run(args: TrainArgs) -> Result<()> {
         if args.config.is_some() {
             bail!("--resume continues with {}; drop --config", saved.display());
         }
+        // What the checkpoint was trained as ([model], [data], [lora], [space]) cannot
+        // change under it; the stages' schedules can, for phases not yet started
+        // (checked against the checkpoint below).
+        if let Some(o) = args.overrides.iter().find(|o| {
+            let key = o.split_once('=').map_or(o.as_str(), |(k, _)| k).trim();
+            !["stage1.", "stage2.", "run."]
+                .iter()
+                .any(|section| key.starts_with(section))
+        }) {
+            bail!(
+                "--resume continues the run saved in {}; `--set {o}` would change what its checkpoint \
+                 was trained as. Start a new run (another --out, or --force) to change it",
+                saved.display()
+            );
+        }
         let text = std::fs::read_to_string(&saved)
             .with_context(|| format!("{}: nothing to resume", saved.display()))?;
         TrainConfig::from_toml(&text, &args.overrides, &saved.display().to_string())?
     } else {
         if saved.exists() && !args.force {
             bail!("{} already holds a training run; pass --resume to continue it or --force to replace it", args.out.display());
-        }
-        if args.force && args.out.exists() {
-            std::fs::remove_dir_all(&args.out)
-                .with_context(|| format!("cannot clear {}", args.out.display()))?;
         }
         let (text, origin) = match &args.config {
             Some(p) => (
@@ -61,6 +72,32 @@ pub fn run(args: TrainArgs) -> Result<()> {
         };
         TrainConfig::from_toml(&text, &args.overrides, &origin)?
     };
+    // Everything the run will read is checked before `--force` deletes anything: a typo
+    // must not cost the previous run.
+    let (data, notes) = load_data(&cfg)?;
+    let dev = if cfg.data.dev.is_empty() {
+        None
+    } else {
+        Some((
+            read_candidates(Path::new(&cfg.data.dev))?,
+            Qrels::read(Path::new(&cfg.data.dev_qrels))?,
+        ))
+    };
+    if args.force && args.out.exists() {
+        let empty = std::fs::read_dir(&args.out)
+            .with_context(|| format!("cannot read {}", args.out.display()))?
+            .next()
+            .is_none();
+        if !saved.is_file() && !empty {
+            bail!(
+                "--force replaces a training run, and {} holds none (no train.toml); not deleting it. \
+                 Pick another --out",
+                args.out.display()
+            );
+        }
+        std::fs::remove_dir_all(&args.out)
+            .with_context(|| format!("cannot clear {}", args.out.display()))?;
+    }
     let threads = args.threads.unwrap_or(cfg.run.threads);
     if threads > 0 {
         std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
@@ -71,21 +108,67 @@ pub fn run(args: TrainArgs) -> Result<()> {
         PathBuf::from(&cfg.model.base)
     };
     let device = Device::Cpu;
-    let (data, notes) = load_data(&cfg)?;
     for n in notes {
         eprintln!("{n}");
     }
+    let saved_phases = if args.resume {
+        let text = std::fs::read_to_string(&saved)
+            .with_context(|| format!("{}: nothing to resume", saved.display()))?;
+        let mut before = TrainConfig::from_toml(&text, &[], &saved.display().to_string())?;
+        let mut probe = cfg.clone();
+        // Both resolved alike, so defaults filled in at the first start compare equal.
+        let layers = models::Checkpoint::open(&base)
+            .with_context(|| format!("cannot open {}", base.display()))?
+            .config
+            .dimensions()
+            .num_layers;
+        before.resolve(layers)?;
+        probe.resolve(layers)?;
+        Some((phases(&before), phases(&probe)))
+    } else {
+        None
+    };
     let mut trainer = Trainer::new(cfg, &base, &args.out, data, &device)?;
-    // The exact config used, with model-dependent defaults resolved.
-    std::fs::write(&saved, trainer.cfg.to_toml())
-        .with_context(|| format!("cannot write {}", saved.display()))?;
-    if args.resume {
+    if dev.is_some() {
+        // The end-of-run evaluation's configurations, checked before hours of training.
+        crate::eval::select_configs(
+            &trainer.cfg.run.eval_configs,
+            trainer.num_layers(),
+            trainer.cfg.space.min_depth,
+        )
+        .context("run.eval_configs")?;
+    }
+    if let Some((before, now)) = &saved_phases {
         trainer.resume()?;
+        // Phases done, and the current one once started, must run as they were: the
+        // checkpoint's phase index, step and optimizer moments refer to them.
+        let done = trainer.phase_index + usize::from(trainer.step > 0);
+        let kept = before.len() >= done && now.len() >= done && before[..done] == now[..done];
+        if !kept {
+            let list = |p: &[(trainer::train::Phase, usize)]| {
+                p.iter()
+                    .map(|(phase, steps)| format!("{} {steps}", phase.name()))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            bail!(
+                "--resume: the overrides change phases the checkpoint has already run (it is at \
+                 phase {} step {}; saved: {}; with the overrides: {}); only phases not yet \
+                 started may change",
+                trainer.phase_index,
+                trainer.step,
+                list(before),
+                list(now)
+            );
+        }
         eprintln!(
             "resuming at phase {} step {}",
             trainer.phase_index, trainer.step
         );
     }
+    // The exact config used, with model-dependent defaults resolved.
+    std::fs::write(&saved, trainer.cfg.to_toml())
+        .with_context(|| format!("cannot write {}", saved.display()))?;
     let started = Instant::now();
     let total: usize = trainer.phases().iter().map(|(_, s)| s).sum();
     let done_before: usize = trainer
@@ -99,7 +182,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
     let finished = trainer.run(|r| {
         done += 1;
         let elapsed = started.elapsed().as_secs_f64();
-        let eta = elapsed / (done - done_before).max(1) as f64 * (total - done) as f64;
+        let eta = elapsed / (done - done_before).max(1) as f64 * total.saturating_sub(done) as f64;
         eprint!(
             "\r{:<14} {:>4}/{:<4} loss {:>7.4} · {:>5.1} pairs/s · total {}/{} · eta {:.0}m   ",
             r.phase,
@@ -126,8 +209,16 @@ pub fn run(args: TrainArgs) -> Result<()> {
     );
     let cfg = trainer.cfg.clone();
     drop(trainer);
-    if !cfg.data.dev.is_empty() {
-        write_eval(&cfg, &base, &adapters_path, &args.out, &device)?;
+    if let Some((queries, qrels)) = dev {
+        write_eval(
+            &cfg,
+            &queries,
+            &qrels,
+            &base,
+            &adapters_path,
+            &args.out,
+            &device,
+        )?;
     }
     Ok(())
 }
@@ -136,13 +227,13 @@ pub fn run(args: TrainArgs) -> Result<()> {
 /// figures included, for `scripts/compare_quality.py`) and eval.md.
 fn write_eval(
     cfg: &TrainConfig,
+    queries: &[trainer::data::QueryCandidates],
+    qrels: &Qrels,
     base: &Path,
     adapters: &Path,
     out: &Path,
     device: &Device,
 ) -> Result<()> {
-    let queries = read_candidates(Path::new(&cfg.data.dev))?;
-    let qrels = Qrels::read(Path::new(&cfg.data.dev_qrels))?;
     // Through ONNX Runtime when its library is set up (what serving runs, and several
     // times faster; it needs only the adapters, not the candle model), else the candle
     // forward.
@@ -155,8 +246,8 @@ fn write_eval(
             base,
             &trained,
             &cfg.run.eval_configs,
-            &queries,
-            &qrels,
+            queries,
+            qrels,
             cfg.model.max_length,
             cfg.run.threads,
             8192,
@@ -171,7 +262,7 @@ fn write_eval(
             reranker.min_depth(),
         )?;
         let configs = crate::eval::candle_configs(&configs, reranker.num_layers())?;
-        evaluate(&mut reranker, &queries, &qrels, &configs, 8192, true)?
+        evaluate(&mut reranker, queries, qrels, &configs, 8192, true)?
     };
     let json = serde_json::json!({"model": out.display().to_string(), "data": cfg.data.dev, "configs": results});
     std::fs::write(out.join("eval.json"), serde_json::to_string_pretty(&json)?)?;

@@ -227,6 +227,23 @@ fn eval_reports_a_malformed_line_with_file_and_line() {
     assert!(stderr.contains("data.jsonl:3:"), "{stderr}");
 }
 
+/// Qrels of another query set judge none of the data's queries: an error, not a table
+/// of zeros.
+#[test]
+fn eval_refuses_qrels_that_judge_none_of_the_queries() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, _) = tiny_data(dir.path());
+    let qrels = dir.path().join("other-qrels.txt");
+    std::fs::write(&qrels, "77 Q0 z 1\n").unwrap();
+    let model = repo().join("fixtures/tiny-bert");
+    let (ok, _, stderr) = eval(&data, &qrels, &["--model", model.to_str().unwrap()]);
+    assert!(!ok);
+    assert!(
+        stderr.contains("other-qrels.txt") && stderr.contains("judges none"),
+        "{stderr}"
+    );
+}
+
 #[test]
 fn eval_readout_applies_to_an_untrained_base_only() {
     let dir = tempfile::tempdir().unwrap();
@@ -273,6 +290,77 @@ fn eval_readout_applies_to_an_untrained_base_only() {
         );
         assert!(!stderr.contains("panicked"), "{stderr}");
     }
+}
+
+/// `--force` replaces a training run only, and only once everything the new run reads
+/// has been checked: a typo in the config leaves the old run in place.
+#[test]
+fn train_force_checks_before_it_deletes() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    std::fs::create_dir(&run).unwrap();
+    std::fs::write(run.join("train.toml"), "[run]\nseed = 1\n").unwrap();
+    std::fs::write(run.join("adapters.safetensors"), b"the old run").unwrap();
+    let bad = dir.path().join("typo.toml");
+    std::fs::write(&bad, "[stage1]\nstep = 5\n").unwrap();
+    let (ok, _, stderr) = mrank(&[
+        "train",
+        "--out",
+        run.to_str().unwrap(),
+        "--force",
+        "--config",
+        bad.to_str().unwrap(),
+    ]);
+    assert!(!ok);
+    assert!(
+        stderr.contains("typo.toml") && stderr.contains("step"),
+        "{stderr}"
+    );
+    assert!(
+        run.join("adapters.safetensors").exists(),
+        "the old run was deleted"
+    );
+    // A directory that holds no training run is never deleted.
+    let other = dir.path().join("other");
+    std::fs::create_dir(&other).unwrap();
+    std::fs::write(other.join("notes.txt"), b"keep me").unwrap();
+    let (data, qrels) = tiny_data(dir.path());
+    let good = dir.path().join("good.toml");
+    std::fs::write(
+        &good,
+        format!(
+            "[data]\ntrain = [{:?}]\nqrels = [{:?}]\n",
+            data.display().to_string(),
+            qrels.display().to_string()
+        ),
+    )
+    .unwrap();
+    let (ok, _, stderr) = mrank(&[
+        "train",
+        "--out",
+        other.to_str().unwrap(),
+        "--force",
+        "--config",
+        good.to_str().unwrap(),
+    ]);
+    assert!(!ok);
+    assert!(stderr.contains("holds none"), "{stderr}");
+    assert!(other.join("notes.txt").exists());
+    // A resumed run keeps its config: an override other than the threads is refused.
+    let (ok, _, stderr) = mrank(&[
+        "train",
+        "--out",
+        run.to_str().unwrap(),
+        "--resume",
+        "--set",
+        "lora.rank=2",
+    ]);
+    assert!(!ok);
+    assert!(
+        stderr.contains("lora.rank") && stderr.contains("would change what its checkpoint"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
 }
 
 #[test]
@@ -357,6 +445,64 @@ fn export_writes_a_manifest_that_bench_loads() {
     }
     assert!(configs.iter().any(|c| c["frontier"] == true));
     bench_loads(&out, 3);
+    // Exporting again into the same export replaces it: only the new graphs remain.
+    std::fs::write(out.join("d9-stale.onnx"), b"old").unwrap();
+    let (ok, _, stderr) = mrank(&[
+        "export",
+        "--model",
+        model.to_str().unwrap(),
+        "--configs",
+        "full",
+        "--out",
+        out.to_str().unwrap(),
+        "--max-length",
+        "64",
+        "--no-latency",
+    ]);
+    assert!(ok, "{stderr}");
+    assert!(!out.join("d9-stale.onnx").exists());
+    bench_loads(&out, 1);
+}
+
+/// `--out` must not be the model itself (copying its config.json onto itself would empty
+/// it) nor a directory of other files; both are refused before anything is written.
+#[test]
+fn export_refuses_to_write_over_the_model_or_unrelated_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("tiny-bert");
+    std::fs::create_dir(&model).unwrap();
+    for entry in std::fs::read_dir(repo().join("fixtures/tiny-bert")).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, model.join(path.file_name().unwrap())).unwrap();
+    }
+    let before = std::fs::read(model.join("config.json")).unwrap();
+    let export_to = |out: &Path| {
+        mrank(&[
+            "export",
+            "--model",
+            model.to_str().unwrap(),
+            "--configs",
+            "full",
+            "--out",
+            out.to_str().unwrap(),
+            "--no-latency",
+        ])
+    };
+    let (ok, _, stderr) = export_to(&model);
+    assert!(!ok);
+    assert!(
+        stderr.contains("--out is the model being exported"),
+        "{stderr}"
+    );
+    assert_eq!(std::fs::read(model.join("config.json")).unwrap(), before);
+    let other = dir.path().join("notes");
+    std::fs::create_dir(&other).unwrap();
+    std::fs::write(other.join("todo.txt"), b"keep me").unwrap();
+    let (ok, _, stderr) = export_to(&other);
+    assert!(!ok);
+    assert!(stderr.contains("not an earlier export"), "{stderr}");
+    assert_eq!(std::fs::read(other.join("todo.txt")).unwrap(), b"keep me");
+    assert!(!stderr.contains("panicked"), "{stderr}");
 }
 
 /// `mrank bench --load-only` loads all `n` configurations of the export in `out`.
@@ -587,4 +733,61 @@ fn replay_refuses_a_bad_profile_before_reading_data() {
     assert!(!ok);
     assert!(stderr.contains("nothing would be sent"), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
+    let (ok, _, stderr) = run(&["--mode", "saturate", "--duration-s=-1"]);
+    assert!(!ok);
+    assert!(
+        stderr.contains("--duration-s must be a positive"),
+        "{stderr}"
+    );
+    let (ok, _, stderr) = run(&["--mode", "saturate", "--concurrency", "0"]);
+    assert!(!ok);
+    assert!(stderr.contains("--concurrency"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+/// `--resume` may change phases the checkpoint has not run yet (here: add horizontal
+/// steps to a finished run), never one it has (stage 1's steps).
+#[test]
+fn resume_changes_only_phases_not_yet_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, qrels) = tiny_data(dir.path());
+    let config = dir.path().join("tiny.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[model]\nbase = {:?}\nreadout = \"scoring-position\"\nmax_length = 48\n\
+             [data]\ntrain = [{:?}]\nqrels = [{:?}]\ngroup_size = 2\nteacher = \"none\"\n\
+             [lora]\nrank = 2\n[space]\nmin_depth = 1\nratios = [2]\ncompress_layers = [1]\n\
+             [stage1]\nsteps = 3\n[stage2]\nvertical_steps = 2\nhorizontal_steps = 0\n",
+            repo().join("fixtures/tiny-bert").display().to_string(),
+            data.display().to_string(),
+            qrels.display().to_string()
+        ),
+    )
+    .unwrap();
+    let out = dir.path().join("run");
+    let out = out.to_str().unwrap();
+    let (ok, _, stderr) = mrank(&["train", "--config", config.to_str().unwrap(), "--out", out]);
+    assert!(ok, "{stderr}");
+    let (ok, _, stderr) = mrank(&["train", "--out", out, "--resume", "--set", "stage1.steps=2"]);
+    assert!(!ok);
+    assert!(
+        stderr.contains("phases the checkpoint has already run"),
+        "{stderr}"
+    );
+    let saved = std::fs::read_to_string(dir.path().join("run/train.toml")).unwrap();
+    assert!(
+        saved.contains("steps = 3"),
+        "a refused resume rewrote the config: {saved}"
+    );
+    let (ok, _, stderr) = mrank(&[
+        "train",
+        "--out",
+        out,
+        "--resume",
+        "--set",
+        "stage2.horizontal_steps=2",
+    ]);
+    assert!(ok, "{stderr}");
+    assert!(stderr.contains("horizontal-r2"), "{stderr}");
 }

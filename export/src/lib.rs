@@ -105,7 +105,7 @@ pub fn export_with(
                 ExportError::Input(format!("configuration {}: {m}", config.id(dims.num_layers)))
             })?;
     }
-    std::fs::create_dir_all(req.out).map_err(io_err(req.out))?;
+    prepare_out(req.out, &checkpoint.dir, req.adapters)?;
     let encoder =
         models::PairEncoder::new(checkpoint, req.max_length)?.with_isolated_segments(isolated)?;
     let lengths = encoder.reference_lengths();
@@ -217,6 +217,50 @@ pub fn export_with(
     manifest.mark_frontier();
     manifest.write(req.out)?;
     Ok(manifest)
+}
+
+/// Makes `out` ready for a new export. It may be new, empty, or an earlier export,
+/// which is cleared first (its manifest before anything else, so an export that fails
+/// halfway is never mistaken for a complete one, and no graph of the old one stays
+/// behind). Anything else is refused: the model being exported (copying its
+/// `config.json` onto itself would empty it), its adapters' run, or a directory of other
+/// files.
+fn prepare_out(out: &Path, model_dir: &Path, adapters: Option<&Path>) -> Result<()> {
+    let same = |a: &Path, b: &Path| match (a.canonicalize(), b.canonicalize()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    };
+    let adapters_dir = adapters
+        .and_then(|a| a.parent())
+        .filter(|d| !d.as_os_str().is_empty());
+    if same(out, model_dir) || adapters_dir.is_some_and(|d| same(out, d)) {
+        return Err(ExportError::Input(format!(
+            "{}: --out is the model being exported; write the export to a directory of its own",
+            out.display()
+        )));
+    }
+    if out.exists() {
+        let entries: Vec<PathBuf> = std::fs::read_dir(out)
+            .map_err(io_err(out))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .collect();
+        if !entries.is_empty() {
+            let manifest = out.join(models::manifest::MANIFEST_FILE);
+            if !manifest.is_file() {
+                return Err(ExportError::Input(format!(
+                    "{}: holds files but no {}, so it is not an earlier export; \
+                     export to a new or empty directory",
+                    out.display(),
+                    models::manifest::MANIFEST_FILE
+                )));
+            }
+            std::fs::remove_file(&manifest).map_err(io_err(&manifest))?;
+            for path in entries.iter().filter(|p| p.is_file()) {
+                std::fs::remove_file(path).map_err(io_err(path))?;
+            }
+        }
+    }
+    std::fs::create_dir_all(out).map_err(io_err(out))
 }
 
 /// The default output directory name for an export of `adapters`.

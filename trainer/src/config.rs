@@ -414,6 +414,81 @@ impl TrainConfig {
         if self.lora.rank == 0 {
             return bad("lora.rank must be positive".into());
         }
+        // Numbers that NaN or a sign slip would turn into NaN adapters, or a panic when a
+        // probability is drawn: each named with the range it must be in.
+        let positive = [
+            ("lora.alpha", self.lora.alpha),
+            ("stage1.lr", self.stage1.lr),
+            ("stage1.head_lr", self.stage1.head_lr),
+            ("stage2.lr", self.stage2.lr),
+        ];
+        for (key, v) in positive {
+            if !(v.is_finite() && v > 0.0) {
+                return bad(format!("{key} {v}: must be a positive number"));
+            }
+        }
+        let non_negative = [
+            ("stage1.idf_power_lr", self.stage1.idf_power_lr),
+            ("stage1.weight_labels", self.stage1.weight_labels),
+            ("stage1.weight_teacher", self.stage1.weight_teacher),
+            (
+                "stage1.weight_self_distill",
+                self.stage1.weight_self_distill,
+            ),
+            ("stage2.weight_labels", self.stage2.weight_labels),
+            ("stage2.weight_teacher", self.stage2.weight_teacher),
+            (
+                "stage2.weight_self_distill",
+                self.stage2.weight_self_distill,
+            ),
+        ];
+        for (key, v) in non_negative {
+            if !(v.is_finite() && v >= 0.0) {
+                return bad(format!("{key} {v}: must be a number ≥ 0"));
+            }
+        }
+        let probabilities = [
+            (
+                "space.full_width_probability",
+                self.space.full_width_probability,
+            ),
+            ("data.unlabeled_fraction", self.data.unlabeled_fraction),
+        ];
+        for (key, v) in probabilities {
+            if !(0.0..=1.0).contains(&v) {
+                return bad(format!("{key} {v}: must be a probability, in 0..=1"));
+            }
+        }
+        if !(self.model.head_scale.is_finite() && self.model.head_scale > 0.0) {
+            return bad(format!(
+                "model.head_scale {}: must be a positive number",
+                self.model.head_scale
+            ));
+        }
+        const PROJECTIONS: [&str; 7] = ["q", "k", "v", "o", "up", "down", "gate"];
+        if self.lora.targets.is_empty() {
+            return bad(format!(
+                "lora.targets is empty; list projections of {PROJECTIONS:?}"
+            ));
+        }
+        if let Some(t) = self
+            .lora
+            .targets
+            .iter()
+            .find(|t| !PROJECTIONS.contains(&t.as_str()))
+        {
+            return bad(format!(
+                "lora.targets: {t:?} is not a projection name; use {PROJECTIONS:?}"
+            ));
+        }
+        let mut ratios = self.space.ratios.clone();
+        ratios.sort_unstable();
+        if ratios.windows(2).any(|w| w[0] == w[1]) {
+            return bad(format!(
+                "space.ratios {:?} lists a ratio twice (each gets one horizontal adapter)",
+                self.space.ratios
+            ));
+        }
         if crate::forward::Readout::parse(&self.model.readout).is_none() {
             return bad(format!(
                 "model.readout {:?}: use span-product, max-sim, scoring-position or mean",

@@ -44,6 +44,14 @@ pub fn read_candidates(path: &Path) -> Result<Vec<QueryCandidates>> {
                 i + 1
             ))
         })?;
+        if q.candidates.is_empty() {
+            return Err(TrainerError::Input(format!(
+                "{}:{}: query {} has no candidates; a re-ranking query needs at least one",
+                path.display(),
+                i + 1,
+                q.qid
+            )));
+        }
         if let Some(first) = first_line.insert(q.qid.clone(), i + 1) {
             return Err(TrainerError::Input(format!(
                 "{}:{}: query {} was already listed on line {first}; put each query's \

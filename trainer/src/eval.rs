@@ -244,7 +244,10 @@ pub fn evaluate(
             let by_depth = reranker.score_pairs_all_depths(pairs, &pass.sub, token_budget)?;
             for &i in &pass.members {
                 // Indexed, not taken: an id listed twice reads the same depth twice.
-                scores[i] = by_depth[&configs[i].sub.depth].clone();
+                scores[i] = by_depth
+                    .get(&configs[i].sub.depth)
+                    .cloned()
+                    .unwrap_or_default();
             }
         }
         Ok::<_, crate::error::TrainerError>(scores)

@@ -90,9 +90,24 @@ pub fn load_data(cfg: &TrainConfig) -> Result<(TrainData, Vec<String>)> {
             cfg.data.qrels.len()
         )));
     }
+    // Teacher scores and the idf table are keyed by query id, so a query may appear in
+    // one training file only (within a file, `read_candidates` already refuses repeats).
+    let mut seen: HashMap<String, String> = HashMap::new();
+    let mut once = |file: &str, queries: &[QueryCandidates]| -> Result<()> {
+        for q in queries {
+            if let Some(first) = seen.insert(q.qid.clone(), file.to_string()) {
+                return Err(TrainerError::Input(format!(
+                    "{file}: query {} is also in {first}; give each query to one training file",
+                    q.qid
+                )));
+            }
+        }
+        Ok(())
+    };
     let mut labeled = Vec::new();
     for (file, qrels_file) in cfg.data.train.iter().zip(&cfg.data.qrels) {
         let queries = read_candidates(Path::new(file))?;
+        once(file, &queries)?;
         let qrels = Qrels::read(Path::new(qrels_file))?;
         let unknown = qrels.unknown_queries(&queries);
         if unknown > 0 {
@@ -128,7 +143,9 @@ pub fn load_data(cfg: &TrainConfig) -> Result<(TrainData, Vec<String>)> {
     }
     let mut unlabeled = Vec::new();
     for file in &cfg.data.unlabeled {
-        unlabeled.extend(read_candidates(Path::new(file))?);
+        let queries = read_candidates(Path::new(file))?;
+        once(file, &queries)?;
+        unlabeled.extend(queries);
     }
     if labeled.is_empty() && unlabeled.is_empty() {
         return Err(TrainerError::Input(
@@ -314,6 +331,11 @@ pub struct StepReport {
 }
 
 impl Trainer {
+    /// Layers of the model being trained.
+    pub fn num_layers(&self) -> usize {
+        self.backbone.num_layers()
+    }
+
     /// Builds a trainer on `base`; `data` comes from `load_data` (teacher scores are
     /// computed here when configured, and cached in the output directory).
     pub fn new(
@@ -757,6 +779,16 @@ impl Trainer {
             ));
         };
         let loss_value: f32 = loss.to_scalar()?;
+        if !loss_value.is_finite() {
+            // Stop before the optimizer writes NaN into the adapters: the last checkpoint
+            // stays good, and the log names the step.
+            return Err(TrainerError::Input(format!(
+                "phase {} step {}: the loss is {loss_value} (terms {terms:?}); lower the \
+                 learning rates or check the data, then --resume from the last checkpoint",
+                self.phases()[self.phase_index].0.name(),
+                self.step
+            )));
+        }
         let grads = loss.backward()?;
         let warmup = self.cfg.stage1.warmup_steps.max(1) as f64;
         // Linear warm-up, then linear decay to 10% at the end of the phase.

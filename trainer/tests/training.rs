@@ -192,6 +192,22 @@ fn inconsistent_model_settings_are_refused() {
     assert!(e.contains("data.teacher = \"model\""), "{e}");
     let e = refused(&["data.teacher_temperature=0"]);
     assert!(e.contains("data.teacher_temperature"), "{e}");
+    // Numbers that would train NaN adapters or panic when a probability is drawn.
+    let e = refused(&["stage1.lr=nan"]);
+    assert!(e.contains("stage1.lr") && e.contains("positive"), "{e}");
+    let e = refused(&["stage2.lr=-1e-4"]);
+    assert!(e.contains("stage2.lr"), "{e}");
+    let e = refused(&["stage1.weight_teacher=-1"]);
+    assert!(e.contains("stage1.weight_teacher"), "{e}");
+    let e = refused(&["space.full_width_probability=nan"]);
+    assert!(e.contains("space.full_width_probability"), "{e}");
+    let e = refused(&["data.unlabeled_fraction=1.5"]);
+    assert!(e.contains("data.unlabeled_fraction"), "{e}");
+    // Lists that would train nothing, or one adapter twice.
+    let e = refused(&["lora.targets=[\"query\", \"value\"]"]);
+    assert!(e.contains("\"query\" is not a projection name"), "{e}");
+    let e = refused(&["space.ratios=[2, 2]"]);
+    assert!(e.contains("twice"), "{e}");
 }
 
 /// The temperature defaults per teacher (cosines 0.05, a model's logits 1), and the
@@ -649,4 +665,18 @@ fn training_and_inference_paths_agree() {
             assert!(err <= 1e-5, "{name} depth {depth}: {err:e}");
         }
     }
+}
+
+/// Teacher scores are keyed by query id: a query in two training files (here the
+/// labelled file listed again as unlabeled) is refused, naming both files.
+#[test]
+fn a_query_in_two_training_files_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = tiny_config(dir.path(), &[]);
+    cfg.data.unlabeled = cfg.data.train.clone();
+    let err = load_data(&cfg).err().expect("refused").to_string();
+    assert!(
+        err.contains("query q1 is also in") && err.contains("train.jsonl"),
+        "{err}"
+    );
 }

@@ -50,11 +50,22 @@ fn malformed_input_names_file_and_line() {
     let path = dir.path().join("bad.jsonl");
     std::fs::write(
         &path,
-        "{\"qid\": \"1\", \"query\": \"q\", \"candidates\": []}\n{\"qid\": 2,\n",
+        "{\"qid\": \"1\", \"query\": \"q\", \"candidates\": [{\"docid\": \"d\", \"text\": \"t\"}]}\n{\"qid\": 2,\n",
     )
     .unwrap();
     let err = read_candidates(&path).unwrap_err().to_string();
     assert!(err.contains("bad.jsonl:2:"), "{err}");
+    // A query without candidates has nothing to re-rank (eval used to panic on it).
+    std::fs::write(
+        &path,
+        "{\"qid\": \"1\", \"query\": \"q\", \"candidates\": [{\"docid\": \"d\", \"text\": \"t\"}]}\n\n{\"qid\": \"2\", \"query\": \"q\", \"candidates\": []}\n",
+    )
+    .unwrap();
+    let err = read_candidates(&path).unwrap_err().to_string();
+    assert!(
+        err.contains("bad.jsonl:3:") && err.contains("no candidates"),
+        "{err}"
+    );
     let qrels = dir.path().join("qrels.txt");
     std::fs::write(&qrels, "1 Q0 d1 2\n1 Q0 d2\n").unwrap();
     let err = Qrels::read(&qrels).unwrap_err().to_string();
