@@ -791,3 +791,27 @@ fn resume_changes_only_phases_not_yet_run() {
     assert!(ok, "{stderr}");
     assert!(stderr.contains("horizontal-r2"), "{stderr}");
 }
+
+/// Serving limits out of range are refused before anything loads, naming the flag.
+#[test]
+fn serve_refuses_limits_out_of_range() {
+    for (flag, value, says) in [
+        (
+            "--batch-tokens",
+            "100000000",
+            "--batch-tokens must be between",
+        ),
+        ("--max-documents", "0", "--max-documents must be between"),
+        (
+            "--max-queued-tokens",
+            "0",
+            "--max-queued-tokens must be at least",
+        ),
+        ("--threads", "100000", "--threads 100000"),
+    ] {
+        let (ok, _, stderr) = mrank(&["serve", flag, value]);
+        assert!(!ok, "{flag} {value}");
+        assert!(stderr.contains(says), "{flag} {value}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+}

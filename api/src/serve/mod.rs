@@ -110,6 +110,23 @@ pub fn run(args: ServeArgs) -> Result<()> {
     if args.slo_ms <= 0.0 {
         bail!("--slo-ms must be positive");
     }
+    // Calibration builds batches of this size at start: a typo of a few zeros would
+    // exhaust memory before the server ever listens.
+    if !(1..=65_536).contains(&args.batch_tokens) {
+        bail!(
+            "--batch-tokens must be between 1 and 65536 padded tokens, got {} (2048 serves best on CPU)",
+            args.batch_tokens
+        );
+    }
+    if args.max_queued_tokens == 0 {
+        bail!("--max-queued-tokens must be at least 1");
+    }
+    if args.threads > 1024 {
+        bail!(
+            "--threads {} is more than any machine has; 0 uses all cores",
+            args.threads
+        );
+    }
     match args.log_format.as_str() {
         "plain" => {}
         "json" => log::set_json(true),
