@@ -503,6 +503,17 @@ fn export_refuses_to_write_over_the_model_or_unrelated_files() {
     assert!(stderr.contains("not an earlier export"), "{stderr}");
     assert_eq!(std::fs::read(other.join("todo.txt")).unwrap(), b"keep me");
     assert!(!stderr.contains("panicked"), "{stderr}");
+    // What an export that failed halfway leaves (graphs, no manifest) is an export to
+    // replace, not a stranger's directory; the user's own file there stays.
+    let half = dir.path().join("half");
+    std::fs::create_dir(&half).unwrap();
+    std::fs::write(half.join("d2.onnx"), b"partial").unwrap();
+    std::fs::write(half.join("README.txt"), b"mine").unwrap();
+    let (ok, _, stderr) = export_to(&half);
+    assert!(ok, "{stderr}");
+    assert!(half.join("manifest.json").is_file());
+    assert!(!half.join("d2.onnx").exists());
+    assert_eq!(std::fs::read(half.join("README.txt")).unwrap(), b"mine");
 }
 
 /// `mrank bench --load-only` loads all `n` configurations of the export in `out`.

@@ -219,12 +219,12 @@ pub fn export_with(
     Ok(manifest)
 }
 
-/// Makes `out` ready for a new export. It may be new, empty, or an earlier export,
-/// which is cleared first (its manifest before anything else, so an export that fails
-/// halfway is never mistaken for a complete one, and no graph of the old one stays
-/// behind). Anything else is refused: the model being exported (copying its
-/// `config.json` onto itself would empty it), its adapters' run, or a directory of other
-/// files.
+/// Makes `out` ready for a new export. It may be new, empty, or hold an earlier export,
+/// complete or not (a manifest, the shared weights or a graph), whose files are removed
+/// first: the manifest before anything else, so an export that fails halfway is never
+/// mistaken for a complete one, and no graph of the old one stays behind. Anything else
+/// is refused: the model being exported (copying its `config.json` onto itself would
+/// empty it), its adapters' run, or a directory of other files.
 fn prepare_out(out: &Path, model_dir: &Path, adapters: Option<&Path>) -> Result<()> {
     let same = |a: &Path, b: &Path| match (a.canonicalize(), b.canonicalize()) {
         (Ok(a), Ok(b)) => a == b,
@@ -239,28 +239,45 @@ fn prepare_out(out: &Path, model_dir: &Path, adapters: Option<&Path>) -> Result<
             out.display()
         )));
     }
-    if out.exists() {
-        let entries: Vec<PathBuf> = std::fs::read_dir(out)
-            .map_err(io_err(out))?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .collect();
-        if !entries.is_empty() {
-            let manifest = out.join(models::manifest::MANIFEST_FILE);
-            if !manifest.is_file() {
-                return Err(ExportError::Input(format!(
-                    "{}: holds files but no {}, so it is not an earlier export; \
-                     export to a new or empty directory",
-                    out.display(),
-                    models::manifest::MANIFEST_FILE
-                )));
-            }
-            std::fs::remove_file(&manifest).map_err(io_err(&manifest))?;
-            for path in entries.iter().filter(|p| p.is_file()) {
-                std::fs::remove_file(path).map_err(io_err(path))?;
-            }
-        }
+    if !out.exists() {
+        return std::fs::create_dir_all(out).map_err(io_err(out));
     }
-    std::fs::create_dir_all(out).map_err(io_err(out))
+    let files: Vec<PathBuf> = std::fs::read_dir(out)
+        .map_err(io_err(out))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .collect();
+    let name = |p: &Path| {
+        p.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    };
+    let is_graph = |p: &Path| p.extension().is_some_and(|e| e == "onnx");
+    let manifest = out.join(models::manifest::MANIFEST_FILE);
+    let written_by_export = |p: &Path| {
+        is_graph(p)
+            || [models::manifest::MANIFEST_FILE, SHARED_WEIGHTS_FILE].contains(&name(p).as_str())
+    };
+    if !files.is_empty() && !files.iter().any(|p| written_by_export(p)) {
+        return Err(ExportError::Input(format!(
+            "{}: holds files but no {}, {} or graph, so it is not an earlier export; \
+             export to a new or empty directory",
+            out.display(),
+            models::manifest::MANIFEST_FILE,
+            SHARED_WEIGHTS_FILE
+        )));
+    }
+    if manifest.is_file() {
+        std::fs::remove_file(&manifest).map_err(io_err(&manifest))?;
+    }
+    // What an export writes; anything else a user keeps there stays.
+    for path in files.iter().filter(|p| {
+        p.is_file()
+            && (written_by_export(p)
+                || ["tokenizer.json", "config.json"].contains(&name(p).as_str()))
+    }) {
+        std::fs::remove_file(path).map_err(io_err(path))?;
+    }
+    Ok(())
 }
 
 /// The default output directory name for an export of `adapters`.
