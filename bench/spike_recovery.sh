@@ -90,9 +90,9 @@ summary = {
     # Seconds after the spike's last second until the first request served by full, and
     # until every later one was (null: some request near the end still was not).
     "first_full_after_s": None if first_full is None else round(first_full - down, 2),
-    "all_full_after_s": (round(0.0, 2) if not not_full else
-                         (None if not_full[-1] == after[-1]["sent_s"] else
-                          round(next(s["sent_s"] for s in after if s["sent_s"] > not_full[-1]) - down, 2))),
+    "all_full_after_s": (None if not after or not_full and not_full[-1] == after[-1]["sent_s"] else
+                         round(0.0, 2) if not not_full else
+                         round(next(s["sent_s"] for s in after if s["sent_s"] > not_full[-1]) - down, 2)),
     "windows_within_slo": report["windows_within_slo"],
     "mix": report["config_mix"],
 }

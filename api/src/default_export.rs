@@ -58,6 +58,12 @@ pub fn ensure() -> Result<PathBuf> {
             .join(",")
     };
     let configs = crate::eval::select_configs(&spec, dims.num_layers, min_depth)?;
+    // The stamp goes first: an export interrupted from here on leaves only files an
+    // export writes, which the next start replaces.
+    if stamp_path.exists() {
+        std::fs::remove_file(&stamp_path)
+            .with_context(|| format!("{}: cannot remove", stamp_path.display()))?;
+    }
     remove_graphs(&out)?;
     let manifest = export_with(
         &checkpoint,

@@ -45,9 +45,9 @@ pub fn run(args: TrainArgs) -> Result<()> {
         // (checked against the checkpoint below).
         if let Some(o) = args.overrides.iter().find(|o| {
             let key = o.split_once('=').map_or(o.as_str(), |(k, _)| k).trim();
-            !["stage1.", "stage2.", "run."]
-                .iter()
-                .any(|section| key.starts_with(section))
+            // The dev data only feeds the evaluation at the end.
+            let later = ["stage1.", "stage2.", "run.", "data.dev"];
+            !later.iter().any(|prefix| key.starts_with(prefix))
         }) {
             bail!(
                 "--resume continues the run saved in {}; `--set {o}` would change what its checkpoint \
@@ -73,7 +73,20 @@ pub fn run(args: TrainArgs) -> Result<()> {
         TrainConfig::from_toml(&text, &args.overrides, &origin)?
     };
     // Everything the run will read is checked before `--force` deletes anything: a typo
-    // must not cost the previous run.
+    // must not cost the previous run. That includes the config's ranges, which need the
+    // base model's layer count.
+    let base = if cfg.model.base.is_empty() {
+        crate::default_model_dir()
+    } else {
+        PathBuf::from(&cfg.model.base)
+    };
+    let layers = models::Checkpoint::open(&base)
+        .with_context(|| format!("model.base: cannot open {}", base.display()))?
+        .config
+        .dimensions()
+        .num_layers;
+    let mut resolved = cfg.clone();
+    resolved.resolve(layers)?;
     let (data, notes) = load_data(&cfg)?;
     let dev = if cfg.data.dev.is_empty() {
         None
@@ -82,6 +95,16 @@ pub fn run(args: TrainArgs) -> Result<()> {
             read_candidates(Path::new(&cfg.data.dev))?,
             Qrels::read(Path::new(&cfg.data.dev_qrels))?,
         ))
+    };
+    let saved_config = if args.resume {
+        let text = std::fs::read_to_string(&saved)
+            .with_context(|| format!("{}: nothing to resume", saved.display()))?;
+        let mut before = TrainConfig::from_toml(&text, &[], &saved.display().to_string())?;
+        // Resolved alike, so defaults filled in at the first start compare equal.
+        before.resolve(layers)?;
+        Some(before)
+    } else {
+        None
     };
     if args.force && args.out.exists() {
         let empty = std::fs::read_dir(&args.out)
@@ -102,32 +125,10 @@ pub fn run(args: TrainArgs) -> Result<()> {
     if threads > 0 {
         std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
     }
-    let base = if cfg.model.base.is_empty() {
-        crate::default_model_dir()
-    } else {
-        PathBuf::from(&cfg.model.base)
-    };
     let device = Device::Cpu;
     for n in notes {
         eprintln!("{n}");
     }
-    let saved_phases = if args.resume {
-        let text = std::fs::read_to_string(&saved)
-            .with_context(|| format!("{}: nothing to resume", saved.display()))?;
-        let mut before = TrainConfig::from_toml(&text, &[], &saved.display().to_string())?;
-        let mut probe = cfg.clone();
-        // Both resolved alike, so defaults filled in at the first start compare equal.
-        let layers = models::Checkpoint::open(&base)
-            .with_context(|| format!("cannot open {}", base.display()))?
-            .config
-            .dimensions()
-            .num_layers;
-        before.resolve(layers)?;
-        probe.resolve(layers)?;
-        Some((phases(&before), phases(&probe)))
-    } else {
-        None
-    };
     let mut trainer = Trainer::new(cfg, &base, &args.out, data, &device)?;
     if dev.is_some() {
         // The end-of-run evaluation's configurations, checked before hours of training.
@@ -138,12 +139,27 @@ pub fn run(args: TrainArgs) -> Result<()> {
         )
         .context("run.eval_configs")?;
     }
-    if let Some((before, now)) = &saved_phases {
+    if let Some(saved_config) = &saved_config {
         trainer.resume()?;
         // Phases done, and the current one once started, must run as they were: the
-        // checkpoint's phase index, step and optimizer moments refer to them.
+        // checkpoint's phase index, step and optimizer moments refer to them. The
+        // vertical phase's sets are named by the depth buckets, so those stay too once
+        // it has run.
+        let (before, now) = (phases(saved_config), phases(&resolved));
         let done = trainer.phase_index + usize::from(trainer.step > 0);
+        let ran = &before[..done.min(before.len())];
         let kept = before.len() >= done && now.len() >= done && before[..done] == now[..done];
+        let buckets_kept = saved_config.stage2.depth_buckets == resolved.stage2.depth_buckets
+            || !ran
+                .iter()
+                .any(|(p, _)| *p == trainer::train::Phase::Vertical);
+        if !buckets_kept {
+            bail!(
+                "--resume: stage2.depth_buckets name the vertical adapters the checkpoint has \
+                 already trained ({:?}); they cannot change now",
+                saved_config.stage2.depth_buckets
+            );
+        }
         if !kept {
             let list = |p: &[(trainer::train::Phase, usize)]| {
                 p.iter()
@@ -157,8 +173,8 @@ pub fn run(args: TrainArgs) -> Result<()> {
                  started may change",
                 trainer.phase_index,
                 trainer.step,
-                list(before),
-                list(now)
+                list(&before),
+                list(&now)
             );
         }
         eprintln!(

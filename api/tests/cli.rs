@@ -346,6 +346,24 @@ fn train_force_checks_before_it_deletes() {
     assert!(!ok);
     assert!(stderr.contains("holds none"), "{stderr}");
     assert!(other.join("notes.txt").exists());
+    // A value out of range (checked once the base model's depth is known) also fails
+    // before the old run is touched.
+    let (ok, _, stderr) = mrank(&[
+        "train",
+        "--out",
+        run.to_str().unwrap(),
+        "--force",
+        "--config",
+        good.to_str().unwrap(),
+        "--set",
+        "stage1.lr=-1",
+    ]);
+    assert!(!ok);
+    assert!(stderr.contains("stage1.lr"), "{stderr}");
+    assert!(
+        run.join("adapters.safetensors").exists(),
+        "the old run was deleted"
+    );
     // A resumed run keeps its config: an override other than the threads is refused.
     let (ok, _, stderr) = mrank(&[
         "train",
@@ -790,6 +808,20 @@ fn resume_changes_only_phases_not_yet_run() {
     assert!(
         saved.contains("steps = 3"),
         "a refused resume rewrote the config: {saved}"
+    );
+    // The vertical phase has run: its adapters are named by the buckets.
+    let (ok, _, stderr) = mrank(&[
+        "train",
+        "--out",
+        out,
+        "--resume",
+        "--set",
+        "stage2.depth_buckets=[[1, 1], [2, 3]]",
+    ]);
+    assert!(!ok);
+    assert!(
+        stderr.contains("stage2.depth_buckets") && stderr.contains("already trained"),
+        "{stderr}"
     );
     let (ok, _, stderr) = mrank(&[
         "train",

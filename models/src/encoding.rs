@@ -37,9 +37,12 @@ impl Span {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EncodedRequest {
     pub pairs: Vec<EncodedPair>,
-    /// Query tokens before truncation: over `PairEncoder::query_cap` means the query
-    /// itself was cut, whatever the documents.
+    /// Query tokens before truncation (a decoder's `A: ` prefix included): over
+    /// `PairEncoder::query_cap` means the query itself was cut, whatever the documents.
     pub query_tokens: usize,
+    /// The query's own text gives no token (only control or zero-width characters):
+    /// every document would be scored against the template alone.
+    pub query_is_blank: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -324,6 +327,10 @@ impl PairEncoder {
         keep_end: bool,
     ) -> Result<EncodedRequest> {
         let q = self.query_ids(query)?;
+        let query_is_blank = match &self.template {
+            Template::Bert { .. } => q.is_empty(),
+            Template::Decoder { .. } => self.tokens(query)?.is_empty(),
+        };
         let pairs = passages
             .iter()
             .map(|p| {
@@ -334,6 +341,7 @@ impl PairEncoder {
         Ok(EncodedRequest {
             pairs,
             query_tokens: q.len(),
+            query_is_blank,
         })
     }
 

@@ -256,6 +256,7 @@ fn a_request_encodes_like_its_pairs_and_reports_the_query_length() {
                 assert_eq!(pair, &alone, "{name}");
             }
             assert!(request.query_tokens >= request.pairs[0].query.len, "{name}");
+            assert!(!request.query_is_blank, "{name}");
             assert_eq!(
                 request.query_tokens > enc.query_cap(),
                 query == long,
@@ -265,6 +266,33 @@ fn a_request_encodes_like_its_pairs_and_reports_the_query_length() {
             );
         }
     }
+}
+
+/// A query whose text gives no token is blank: for an encoder (zero-width and control
+/// characters, which BERT's normalizer drops), and for a decoder, whose template adds
+/// `A: ` before the query (here whitespace, all the fixture's word-level tokenizer
+/// drops), where the template's own tokens must not count.
+#[test]
+fn a_query_without_tokens_is_blank_for_every_template() {
+    let passages = ["a flea is an insect"];
+    let bert = PairEncoder::new(&minilm(), 64).unwrap();
+    let llama = PairEncoder::new(&Checkpoint::open(fixture("tiny-llama")).unwrap(), 64).unwrap();
+    for (enc, blank, text) in [
+        (&bert, "\u{200b}\u{0000}", "flea"),
+        (&llama, " \t ", "flea"),
+    ] {
+        let r = enc.encode_request(blank, &passages, None, false).unwrap();
+        assert!(r.query_is_blank, "{blank:?}");
+        assert!(
+            !enc.encode_request(text, &passages, None, false)
+                .unwrap()
+                .query_is_blank
+        );
+    }
+    let r = llama
+        .encode_request(" \t ", &passages, None, false)
+        .unwrap();
+    assert!(r.query_tokens > 0, "the template's `A:` is still there");
 }
 
 /// `truncated` reports cuts forced by the model's length only: a short passage cut by

@@ -638,7 +638,7 @@ async fn rerank_inner(
     } else {
         "documents"
     };
-    if encoded.query_tokens == 0 {
+    if encoded.query_is_blank {
         // Not blank, yet nothing the tokenizer keeps (zero-width or control characters):
         // every document would be scored against an empty query.
         return Err(ApiError::invalid(
