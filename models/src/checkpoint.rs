@@ -175,6 +175,39 @@ impl Checkpoint {
         })
     }
 
+    /// A fingerprint of the weights: FNV-1a over every stored tensor's name, dtype,
+    /// shape and the first and last 256 bytes of its data, in name order. Two checkpoints
+    /// of one architecture and size (a base and a fine-tune of it, two bases) differ in
+    /// it; reading a few hundred bytes per tensor keeps it cheap for any model size.
+    /// Adapters record it, so they are never run on weights they were not trained on.
+    pub fn fingerprint(&self) -> Result<String> {
+        const SAMPLE: usize = 256;
+        let mut names: Vec<&String> = self.tensors.keys().collect();
+        names.sort();
+        let mut buf = Vec::new();
+        for name in names {
+            let entry = &self.tensors[name];
+            let file = &self.files[entry.file];
+            let st =
+                SafeTensors::deserialize(&file.mmap).map_err(|e| ModelsError::Safetensors {
+                    path: file.path.clone(),
+                    message: e.to_string(),
+                })?;
+            let data = st
+                .tensor(name)
+                .map_err(|e| ModelsError::Safetensors {
+                    path: file.path.clone(),
+                    message: e.to_string(),
+                })?
+                .data();
+            buf.extend_from_slice(name.as_bytes());
+            buf.extend_from_slice(format!("{:?}{:?}", entry.dtype, entry.shape).as_bytes());
+            buf.extend_from_slice(&data[..data.len().min(SAMPLE)]);
+            buf.extend_from_slice(&data[data.len().saturating_sub(SAMPLE)..]);
+        }
+        Ok(format!("{:016x}", crate::stamp::content_hash(&buf)))
+    }
+
     /// Names and shapes of every tensor stored, sorted by name (for `inspect`).
     pub fn stored_tensors(&self) -> BTreeMap<&str, &[usize]> {
         self.tensors

@@ -54,6 +54,10 @@ pub struct AdapterMeta {
     pub alpha: f64,
     /// Depth buckets of the vertical adapters, inclusive ranges.
     pub depth_buckets: Vec<(usize, usize)>,
+    /// `Checkpoint::fingerprint` of the base the adapters were trained on; absent in
+    /// files written before it was recorded (those are checked by shape only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_fingerprint: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -113,6 +117,7 @@ impl Adapters {
                 rank: 0,
                 alpha: 0.0,
                 depth_buckets: Vec::new(),
+                base_fingerprint: None,
             },
             heads,
             sets: BTreeMap::new(),
@@ -133,6 +138,7 @@ impl Adapters {
             Some(path) => {
                 let a = Adapters::load(path, device)?;
                 a.check_base(architecture, &dims, path)?;
+                a.check_fingerprint(checkpoint, path)?;
                 Ok(a)
             }
             None => {
@@ -192,6 +198,26 @@ impl Adapters {
                 dims.num_layers,
                 dims.hidden_size,
                 dims.vocab_size
+            )));
+        }
+        Ok(())
+    }
+
+    /// Checks the base has the weights the adapters were trained on, when the file
+    /// records them: a base of the same shape (another fine-tune, another model of the
+    /// size) passes every shape check and would score nonsense.
+    pub fn check_fingerprint(&self, checkpoint: &models::Checkpoint, path: &Path) -> Result<()> {
+        let Some(trained_on) = &self.meta.base_fingerprint else {
+            return Ok(());
+        };
+        let base = checkpoint.fingerprint()?;
+        if &base != trained_on {
+            return Err(TrainerError::Input(format!(
+                "{}: the adapters were trained on other weights (fingerprint {trained_on}) than \
+                 {} (fingerprint {base}): same shapes, different checkpoint. Use the base they \
+                 were trained on, or train adapters for this one",
+                path.display(),
+                checkpoint.dir.display()
             )));
         }
         Ok(())

@@ -369,6 +369,7 @@ impl Trainer {
         meta.rank = cfg.lora.rank;
         meta.alpha = cfg.lora.alpha;
         meta.depth_buckets = cfg.stage2.depth_buckets.clone();
+        meta.base_fingerprint = Some(checkpoint.fingerprint()?);
         meta.format = FORMAT.into();
         data.teacher = teacher_scores(
             &cfg.data,

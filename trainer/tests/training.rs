@@ -680,3 +680,38 @@ fn a_query_in_two_training_files_is_refused() {
         "{err}"
     );
 }
+
+/// Adapters record the weights they were trained on: the same base loads them, a copy
+/// whose weights differ in one byte (same shapes: another fine-tune, to every other
+/// check) is refused with both fingerprints named.
+#[test]
+fn adapters_refuse_a_base_of_the_same_shape_with_other_weights() {
+    let dir = tempfile::tempdir().unwrap();
+    let trained = train_resuming("tiny-bert", &["stage1.steps=2"], None, dir.path());
+    let recorded = trained.meta.base_fingerprint.clone().expect("recorded");
+    let path = dir.path().join("out/adapters.safetensors");
+    let base = models::Checkpoint::open(fixture("tiny-bert")).unwrap();
+    assert_eq!(base.fingerprint().unwrap(), recorded);
+    Adapters::for_base(&base, Some(&path), &Device::Cpu).unwrap();
+
+    let other = dir.path().join("other-base");
+    std::fs::create_dir(&other).unwrap();
+    for entry in std::fs::read_dir(fixture("tiny-bert")).unwrap() {
+        let from = entry.unwrap().path();
+        std::fs::copy(&from, other.join(from.file_name().unwrap())).unwrap();
+    }
+    let weights = other.join("model.safetensors");
+    let mut bytes = std::fs::read(&weights).unwrap();
+    let header = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    bytes[8 + header] ^= 0x01; // the first byte of the tensor stored first
+    std::fs::write(&weights, bytes).unwrap();
+    let other = models::Checkpoint::open(&other).unwrap();
+    assert_ne!(other.fingerprint().unwrap(), recorded);
+    let err = Adapters::for_base(&other, Some(&path), &Device::Cpu)
+        .expect_err("refused")
+        .to_string();
+    assert!(
+        err.contains("trained on other weights") && err.contains(&recorded),
+        "{err}"
+    );
+}
