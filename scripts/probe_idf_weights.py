@@ -45,10 +45,9 @@ def ndcg10(scores, docids, judged):
     return dcg / idcg
 
 
-def main(model_dir, data_dir):
-    torch.set_num_threads(2)
-    tok = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModel.from_pretrained(model_dir, output_hidden_states=True).eval()
+def idf_table(tok, data_dir):
+    """idf(t) = ln((N + 1) / (df(t) + 1)) + 1 over the distinct DL21 + DL22 candidate
+    passages, as a function of a token id."""
     df, seen = collections.Counter(), set()
     for name in ["dl21-bm25-top100.jsonl", "dl22-bm25-top100.jsonl"]:
         for row in read_jsonl(f"{data_dir}/{name}"):
@@ -57,7 +56,14 @@ def main(model_dir, data_dir):
                     seen.add(c["docid"])
                     df.update(set(tok(c["text"], add_special_tokens=False)["input_ids"]))
     n = len(seen)
-    idf = lambda t: math.log((n + 1) / (df.get(t, 0) + 1)) + 1.0
+    return lambda t: math.log((n + 1) / (df.get(t, 0) + 1)) + 1.0
+
+
+def main(model_dir, data_dir):
+    torch.set_num_threads(2)
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModel.from_pretrained(model_dir, output_hidden_states=True).eval()
+    idf = idf_table(tok, data_dir)
     qrels = read_qrels(f"{data_dir}/qrels.dl19-passage.txt")
     results = collections.defaultdict(list)
     rows = [r for r in read_jsonl(f"{data_dir}/dl19-bm25-top100.jsonl") if r["qid"] in qrels]

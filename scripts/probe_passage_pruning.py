@@ -22,7 +22,7 @@ import collections, json, math, sys
 import numpy as np, torch
 from transformers import AutoModel, AutoTokenizer
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from probe_idf_weights import read_jsonl, read_qrels, ndcg10
+from probe_idf_weights import idf_table, read_jsonl, read_qrels, ndcg10
 
 if len(sys.argv) != 3:
     sys.exit("usage: probe_passage_pruning.py MODEL_DIR TREC_DL_DIR")
@@ -30,14 +30,7 @@ model_dir, data_dir = sys.argv[1], sys.argv[2]
 torch.set_num_threads(2)
 tok = AutoTokenizer.from_pretrained(model_dir)
 model = AutoModel.from_pretrained(model_dir, output_hidden_states=True).eval()
-df, seen = collections.Counter(), set()
-for name in ["dl21-bm25-top100.jsonl", "dl22-bm25-top100.jsonl"]:
-    for row in read_jsonl(f"{data_dir}/{name}"):
-        for c in row["candidates"]:
-            if c["docid"] not in seen:
-                seen.add(c["docid"]); df.update(set(tok(c["text"], add_special_tokens=False)["input_ids"]))
-n = len(seen)
-idf = lambda t: math.log((n + 1) / (df.get(t, 0) + 1)) + 1.0
+idf = idf_table(tok, data_dir)
 qrels = read_qrels(f"{data_dir}/qrels.dl19-passage.txt")
 rows = [r for r in read_jsonl(f"{data_dir}/dl19-bm25-top100.jsonl") if r["qid"] in qrels]
 ALPHA = 0.5

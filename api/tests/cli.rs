@@ -33,6 +33,19 @@ fn eval(data: &Path, qrels: &Path, extra: &[&str]) -> (bool, String, String) {
     mrank(&args)
 }
 
+/// `mrank export --model M --out O` plus `extra` (configurations, flags).
+fn export(model: &Path, out: &Path, extra: &[&str]) -> (bool, String, String) {
+    let mut args = vec![
+        "export",
+        "--model",
+        model.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    mrank(&args)
+}
+
 /// `mrank eval --data D --qrels Q --configs C --json` plus `extra`.
 fn eval_json(data: &Path, qrels: &Path, configs: &str, extra: &[&str]) -> (bool, String, String) {
     eval(
@@ -440,17 +453,11 @@ fn export_writes_a_manifest_that_bench_loads() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("tiny");
     let model = repo().join("fixtures/tiny-bert");
-    let (ok, stdout, stderr) = mrank(&[
-        "export",
-        "--model",
-        model.to_str().unwrap(),
-        "--configs",
-        "full,d2,d2-r2@1",
-        "--out",
-        out.to_str().unwrap(),
-        "--max-length",
-        "64",
-    ]);
+    let (ok, stdout, stderr) = export(
+        &model,
+        &out,
+        &["--configs", "full,d2,d2-r2@1", "--max-length", "64"],
+    );
     assert!(ok, "{stderr}");
     assert!(stdout.contains("d2-r2@1"), "{stdout}");
     let manifest: serde_json::Value =
@@ -465,18 +472,11 @@ fn export_writes_a_manifest_that_bench_loads() {
     bench_loads(&out, 3);
     // Exporting again into the same export replaces it: only the new graphs remain.
     std::fs::write(out.join("d9-stale.onnx"), b"old").unwrap();
-    let (ok, _, stderr) = mrank(&[
-        "export",
-        "--model",
-        model.to_str().unwrap(),
-        "--configs",
-        "full",
-        "--out",
-        out.to_str().unwrap(),
-        "--max-length",
-        "64",
-        "--no-latency",
-    ]);
+    let (ok, _, stderr) = export(
+        &model,
+        &out,
+        &["--configs", "full", "--max-length", "64", "--no-latency"],
+    );
     assert!(ok, "{stderr}");
     assert!(!out.join("d9-stale.onnx").exists());
     bench_loads(&out, 1);
@@ -494,18 +494,7 @@ fn export_refuses_to_write_over_the_model_or_unrelated_files() {
         std::fs::copy(&path, model.join(path.file_name().unwrap())).unwrap();
     }
     let before = std::fs::read(model.join("config.json")).unwrap();
-    let export_to = |out: &Path| {
-        mrank(&[
-            "export",
-            "--model",
-            model.to_str().unwrap(),
-            "--configs",
-            "full",
-            "--out",
-            out.to_str().unwrap(),
-            "--no-latency",
-        ])
-    };
+    let export_to = |out: &Path| export(&model, out, &["--configs", "full", "--no-latency"]);
     let (ok, _, stderr) = export_to(&model);
     assert!(!ok);
     assert!(
@@ -553,19 +542,18 @@ fn export_int8_adds_a_twin_of_every_configuration() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("tiny-int8");
     let model = repo().join("fixtures/tiny-bert");
-    let (ok, _, stderr) = mrank(&[
-        "export",
-        "--model",
-        model.to_str().unwrap(),
-        "--configs",
-        "full,d2",
-        "--int8",
-        "--no-latency",
-        "--out",
-        out.to_str().unwrap(),
-        "--max-length",
-        "64",
-    ]);
+    let (ok, _, stderr) = export(
+        &model,
+        &out,
+        &[
+            "--configs",
+            "full,d2",
+            "--int8",
+            "--no-latency",
+            "--max-length",
+            "64",
+        ],
+    );
     assert!(ok, "{stderr}");
     let manifest: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("manifest.json")).unwrap()).unwrap();
@@ -608,23 +596,22 @@ fn export_int8_adds_a_twin_of_every_configuration() {
 fn passage_caps_export_without_new_graphs_and_evaluate_on_both_engines() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("tiny-caps");
-    let model = repo().join("fixtures/tiny-bert");
-    let model = model.to_str().unwrap();
-    let (ok, _, stderr) = mrank(&[
-        "export",
-        "--model",
-        model,
-        "--configs",
-        "full,d2",
-        "--int8",
-        "--passage-caps",
-        "2,3",
-        "--no-latency",
-        "--out",
-        out.to_str().unwrap(),
-        "--max-length",
-        "64",
-    ]);
+    let model_dir = repo().join("fixtures/tiny-bert");
+    let model = model_dir.to_str().unwrap();
+    let (ok, _, stderr) = export(
+        &model_dir,
+        &out,
+        &[
+            "--configs",
+            "full,d2",
+            "--int8",
+            "--passage-caps",
+            "2,3",
+            "--no-latency",
+            "--max-length",
+            "64",
+        ],
+    );
     assert!(ok, "{stderr}");
     let manifest: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("manifest.json")).unwrap()).unwrap();
@@ -649,16 +636,11 @@ fn passage_caps_export_without_new_graphs_and_evaluate_on_both_engines() {
         .count();
     assert_eq!(graphs, 4);
     bench_loads(&out, 12);
-    let (ok, _, stderr) = mrank(&[
-        "export",
-        "--model",
-        model,
-        "--passage-caps",
-        "0",
-        "--no-latency",
-        "--out",
-        dir.path().join("zero").to_str().unwrap(),
-    ]);
+    let (ok, _, stderr) = export(
+        &model_dir,
+        &dir.path().join("zero"),
+        &["--passage-caps", "0", "--no-latency"],
+    );
     assert!(!ok && stderr.contains("--passage-caps 0"), "{stderr}");
 
     let (data, qrels) = tiny_data(dir.path());

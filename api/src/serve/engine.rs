@@ -13,6 +13,9 @@ use tokio::sync::oneshot;
 
 use super::metrics::Metrics;
 
+/// Where a request's scores (or its error) arrive.
+type Reply = oneshot::Receiver<Result<Finished, String>>;
+
 /// Scores of a finished request with its timings.
 #[derive(Debug)]
 pub struct Finished {
@@ -102,34 +105,14 @@ impl Engine {
         pairs: Vec<EncodedPair>,
         choice: Choice,
         deadline_s: Option<f64>,
-    ) -> Result<(Ticket, oneshot::Receiver<Result<Finished, String>>), Rejection> {
+    ) -> Result<(Ticket, Reply), Rejection> {
         let now = self.now();
         let mut state = self.lock();
         if state.stopping {
             return Err(Rejection::Overloaded { retry_after_s: 1.0 });
         }
-        let spec = RequestSpec {
-            pair_tokens: pairs.iter().map(|p| p.len()).collect(),
-            passage_tokens: pairs.iter().map(|p| p.passage.len).collect(),
-            choice,
-            deadline_s,
-        };
-        let Admitted { id, config, .. } = state.scheduler.admit(spec, now)?;
-        let (tx, rx) = oneshot::channel();
-        let n = pairs.len();
-        state.jobs.insert(
-            id,
-            Job {
-                pairs,
-                scores: vec![0.0; n],
-                config: config.clone(),
-                admitted_at: Instant::now(),
-                started_at: None,
-                inference_s: 0.0,
-                reply: Some(tx),
-            },
-        );
-        self.metrics.selection(&config);
+        let (id, rx) = state.admit(pairs, choice, deadline_s, now)?;
+        self.metrics.selection(&state.jobs[&id].config);
         self.publish(&mut state, now);
         drop(state);
         self.wake.notify_one();
@@ -275,6 +258,39 @@ struct Batch {
 }
 
 impl State {
+    /// Admits a request through the scheduler and holds its pairs until they are scored;
+    /// returns its id and the channel its scores will arrive on.
+    fn admit(
+        &mut self,
+        pairs: Vec<EncodedPair>,
+        choice: Choice,
+        deadline_s: Option<f64>,
+        now: f64,
+    ) -> Result<(u64, Reply), Rejection> {
+        let spec = RequestSpec {
+            pair_tokens: pairs.iter().map(|p| p.len()).collect(),
+            passage_tokens: pairs.iter().map(|p| p.passage.len).collect(),
+            choice,
+            deadline_s,
+        };
+        let Admitted { id, config, .. } = self.scheduler.admit(spec, now)?;
+        let (tx, rx) = oneshot::channel();
+        let n = pairs.len();
+        self.jobs.insert(
+            id,
+            Job {
+                pairs,
+                scores: vec![0.0; n],
+                config,
+                admitted_at: Instant::now(),
+                started_at: None,
+                inference_s: 0.0,
+                reply: Some(tx),
+            },
+        );
+        Ok((id, rx))
+    }
+
     /// The next batch the scheduler plans, each pair copied from its request under the
     /// same lock. An item whose request is gone is left out of `items` and `pairs`
     /// together: a score must never land on another request's pair.
@@ -343,8 +359,6 @@ mod tests {
     use models::Span;
     use scheduler::{ConfigInfo, LatencyModel, SchedulerConfig};
 
-    type Reply = oneshot::Receiver<Result<Finished, String>>;
-
     /// A pair of `tokens` tokens whose first id is `tag`, so a test can tell pairs apart.
     fn pair(tag: u32, tokens: usize) -> EncodedPair {
         let mut input_ids = vec![1; tokens];
@@ -386,28 +400,7 @@ mod tests {
 
     fn admit(state: &mut State, tags: &[u32]) -> (u64, Reply) {
         let pairs: Vec<EncodedPair> = tags.iter().map(|&t| pair(t, 32)).collect();
-        let spec = RequestSpec {
-            pair_tokens: pairs.iter().map(|p| p.len()).collect(),
-            passage_tokens: pairs.iter().map(|p| p.passage.len).collect(),
-            choice: Choice::Auto,
-            deadline_s: None,
-        };
-        let Admitted { id, config, .. } = state.scheduler.admit(spec, 0.0).unwrap();
-        let (tx, rx) = oneshot::channel();
-        let n = pairs.len();
-        state.jobs.insert(
-            id,
-            Job {
-                pairs,
-                scores: vec![0.0; n],
-                config,
-                admitted_at: Instant::now(),
-                started_at: None,
-                inference_s: 0.0,
-                reply: Some(tx),
-            },
-        );
-        (id, rx)
+        state.admit(pairs, Choice::Auto, None, 0.0).unwrap()
     }
 
     /// Scores a batch as a model would: each pair's score is its tag.
