@@ -70,6 +70,11 @@ pub struct EvalArgs {
     /// Intra-op threads for `--engine onnx` (0 = one per core).
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
+    /// With `--engine onnx`: also write each configuration's ranking of the judged
+    /// queries as a TREC run file, `DIR/<config>.run` (`qid Q0 docid rank score tag`),
+    /// for `trec_eval` or score fusion.
+    #[arg(long)]
+    pub run_dir: Option<PathBuf>,
 }
 
 /// The configurations a `--configs` value names: `all` (every sub-structure of the
@@ -191,6 +196,14 @@ pub fn run(args: EvalArgs) -> Result<()> {
         );
     }
     let trained = adapters_path.is_some();
+    if let Some(dir) = &args.run_dir {
+        // Checked before the long part, so a bad path does not cost the evaluation.
+        if args.engine != "onnx" || args.baseline.is_some() {
+            bail!("--run-dir writes the re-ranker's rankings through ONNX Runtime: use it with --engine onnx and without --baseline");
+        }
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("--run-dir {}: cannot create it", dir.display()))?;
+    }
     if let Some(kind) = &args.baseline {
         // A baseline scores the base itself, so the flags that change the re-ranker's
         // adapters would be silently ignored (or refused for the wrong reason).
@@ -226,6 +239,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
                 args.threads,
                 args.batch_tokens,
                 !args.json,
+                args.run_dir.as_deref(),
             )?
         }
         (None, "candle") | (Some(_), _) => {
@@ -330,6 +344,7 @@ pub fn evaluate_onnx(
     threads: usize,
     batch_tokens: usize,
     progress: bool,
+    run_dir: Option<&std::path::Path>,
 ) -> Result<Vec<trainer::eval::ConfigQuality>> {
     let layers = checkpoint.config.dimensions().num_layers;
     let configs = select_configs(configs, layers, adapters.heads.min_depth().unwrap_or(1))?;
@@ -357,12 +372,49 @@ pub fn evaluate_onnx(
             ..Default::default()
         },
     )?;
-    Ok(export::measure::evaluate_runtime(
+    // One TREC run file per configuration, written query by query as scored.
+    let mut runs = match run_dir {
+        Some(dir) => ids
+            .iter()
+            .map(|id| {
+                let path = dir.join(format!("{id}.run"));
+                std::fs::File::create(&path)
+                    .map(|f| (std::io::BufWriter::new(f), path.clone()))
+                    .with_context(|| format!("cannot create run file {}", path.display()))
+            })
+            .collect::<Result<Vec<_>>>()?,
+        None => Vec::new(),
+    };
+    let results = export::measure::evaluate_runtime(
         &runtime,
         queries,
         qrels,
         &ids,
         batch_tokens,
         progress,
-    )?)
+        |q, scores| {
+            use std::io::Write;
+            let docids: Vec<&str> = q.candidates.iter().map(|c| c.docid.as_str()).collect();
+            for ((file, path), (id, scores)) in runs.iter_mut().zip(ids.iter().zip(scores)) {
+                let lines = trainer::metrics::trec_run_lines(
+                    &q.qid,
+                    &docids,
+                    scores,
+                    &format!("mrank-{id}"),
+                );
+                file.write_all(lines.as_bytes())
+                    .map_err(|source| export::ExportError::Io {
+                        path: path.clone(),
+                        source,
+                    })?;
+            }
+            Ok(())
+        },
+    )?;
+    for (mut file, path) in runs {
+        use std::io::Write;
+        file.flush()
+            .with_context(|| format!("cannot write run file {}", path.display()))?;
+    }
+    Ok(results)
 }

@@ -126,7 +126,8 @@ fn measure_into(
     }
     if let Some((queries, qrels)) = dev {
         let ids = runtime.config_ids();
-        let quality = measure::evaluate_runtime(&runtime, queries, qrels, &ids, 8192, true)?;
+        let quality =
+            measure::evaluate_runtime(&runtime, queries, qrels, &ids, 8192, true, |_, _| Ok(()))?;
         for q in quality {
             if let Some(c) = manifest.configs.iter_mut().find(|c| c.id == q.id) {
                 c.ndcg_at_10 = Some(q.ndcg10);

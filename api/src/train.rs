@@ -268,6 +268,7 @@ fn write_eval(
             cfg.run.threads,
             8192,
             true,
+            None,
         )?
     } else {
         eprintln!("ONNX Runtime not set up (make setup): evaluating with the candle forward");

@@ -305,6 +305,71 @@ fn eval_readout_applies_to_an_untrained_base_only() {
     }
 }
 
+/// `--run-dir` writes each configuration's rankings as TREC run files, and they are
+/// the rankings the reported metrics were computed from.
+#[test]
+fn eval_run_dir_writes_the_rankings_it_scored() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, qrels) = tiny_data(dir.path());
+    let model = repo().join("fixtures/tiny-bert");
+    let runs = dir.path().join("runs");
+    let (ok, stdout, stderr) = eval_json(
+        &data,
+        &qrels,
+        "full,d2",
+        &[
+            "--model",
+            model.to_str().unwrap(),
+            "--engine",
+            "onnx",
+            "--per-query",
+            "--run-dir",
+            runs.to_str().unwrap(),
+        ],
+    );
+    assert!(ok, "{stderr}");
+    let value: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    for row in value["configs"].as_array().unwrap() {
+        let id = row["id"].as_str().unwrap();
+        let text = std::fs::read_to_string(runs.join(format!("{id}.run"))).unwrap();
+        let lines: Vec<Vec<&str>> = text.lines().map(|l| l.split(' ').collect()).collect();
+        // Both queries are judged: 3 + 2 candidates, ranks from 1, scores falling.
+        assert_eq!(lines.len(), 5, "{id}: {text}");
+        for query in ["1", "2"] {
+            let mine: Vec<&Vec<&str>> = lines.iter().filter(|l| l[0] == query).collect();
+            let ranks: Vec<usize> = mine.iter().map(|l| l[3].parse().unwrap()).collect();
+            assert_eq!(ranks, (1..=mine.len()).collect::<Vec<_>>(), "{id}: {text}");
+            let scores: Vec<f32> = mine.iter().map(|l| l[4].parse().unwrap()).collect();
+            assert!(scores.windows(2).all(|w| w[0] >= w[1]), "{id}: {text}");
+            assert!(mine
+                .iter()
+                .all(|l| l[1] == "Q0" && l[5] == format!("mrank-{id}")));
+        }
+        // Query 1's one relevant passage is `a`: MRR@10 is one over its rank in the file.
+        let rank_a: f64 = lines.iter().find(|l| l[0] == "1" && l[2] == "a").unwrap()[3]
+            .parse()
+            .unwrap();
+        let mrr = row["per_query"]["1"]["mrr@10"].as_f64().unwrap();
+        assert!(
+            (mrr - 1.0 / rank_a).abs() < 1e-12,
+            "{id}: mrr {mrr}, rank {rank_a}"
+        );
+    }
+    // The candle engine does not write runs: refused before anything is scored.
+    let (ok, _, stderr) = eval_json(
+        &data,
+        &qrels,
+        "full",
+        &[
+            "--model",
+            model.to_str().unwrap(),
+            "--run-dir",
+            runs.to_str().unwrap(),
+        ],
+    );
+    assert!(!ok && stderr.contains("--engine onnx"), "{stderr}");
+}
+
 /// `--force` replaces a training run only, and only once everything the new run reads
 /// has been checked: a typo in the config leaves the old run in place.
 #[test]

@@ -89,7 +89,10 @@ pub fn record_latencies(runtime: &Runtime, manifest: &mut models::Manifest) -> R
 }
 
 /// nDCG@10 and MRR@10 of each loaded configuration in `ids` (queries without
-/// judgments skipped), scored through ONNX Runtime.
+/// judgments skipped), scored through ONNX Runtime. Each judged query's scores (one
+/// list per id, in candidate order) go to `sink` as they come: `mrank eval --run-dir`
+/// writes them as TREC run files.
+#[allow(clippy::too_many_arguments)]
 pub fn evaluate_runtime(
     runtime: &Runtime,
     queries: &[QueryCandidates],
@@ -97,6 +100,7 @@ pub fn evaluate_runtime(
     ids: &[String],
     token_budget: usize,
     progress: bool,
+    mut sink: impl FnMut(&QueryCandidates, &[Vec<f32>]) -> Result<()>,
 ) -> Result<Vec<ConfigQuality>> {
     // The configurations as the manifest describes them, for their FLOPs on this data.
     let entries = ids
@@ -118,9 +122,12 @@ pub fn evaluate_runtime(
             .map(|c| runtime.encoder.encode(&q.query, &c.text, None))
             .collect::<models::Result<Vec<_>>>()?;
         on_data.add(&pairs);
-        ids.iter()
+        let scores = ids
+            .iter()
             .map(|id| Ok(runtime.score_pairs(id, &pairs, token_budget)?))
-            .collect::<Result<Vec<_>>>()
+            .collect::<Result<Vec<_>>>()?;
+        sink(q, &scores)?;
+        Ok::<_, crate::ExportError>(scores)
     })?;
     Ok(ids
         .iter()

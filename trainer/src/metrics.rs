@@ -48,9 +48,35 @@ pub fn rank_by_score<'a>(docids: &[&'a str], scores: &[f32]) -> Vec<&'a str> {
     order.into_iter().map(|i| docids[i]).collect()
 }
 
+/// One query's ranking in TREC run format (`qid Q0 docid rank score tag`, best first,
+/// rank from 1), the input `trec_eval` reads: `mrank eval --run-dir` writes these.
+pub fn trec_run_lines(qid: &str, docids: &[&str], scores: &[f32], tag: &str) -> String {
+    let mut order: Vec<usize> = (0..docids.len()).collect();
+    order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]));
+    let mut out = String::new();
+    for (rank, i) in order.into_iter().enumerate() {
+        out.push_str(&format!(
+            "{qid} Q0 {} {} {} {tag}\n",
+            docids[i],
+            rank + 1,
+            scores[i]
+        ));
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn trec_run_lines_rank_best_first() {
+        let lines = trec_run_lines("q1", &["a", "b", "c"], &[0.5, 2.0, -1.0], "mrank-full");
+        assert_eq!(
+            lines,
+            "q1 Q0 b 1 2 mrank-full\nq1 Q0 a 2 0.5 mrank-full\nq1 Q0 c 3 -1 mrank-full\n"
+        );
+    }
 
     fn judged(pairs: &[(&str, u32)]) -> HashMap<String, u32> {
         pairs.iter().map(|(d, g)| (d.to_string(), *g)).collect()
