@@ -87,6 +87,10 @@ pub fn run(args: TrainArgs) -> Result<()> {
         .num_layers;
     let mut resolved = cfg.clone();
     resolved.resolve(layers)?;
+    if !cfg.data.teacher_base.is_empty() {
+        models::Checkpoint::open(Path::new(&cfg.data.teacher_base))
+            .with_context(|| format!("data.teacher_base: cannot open {}", cfg.data.teacher_base))?;
+    }
     let (data, notes) = load_data(&cfg)?;
     let dev = if cfg.data.dev.is_empty() {
         None

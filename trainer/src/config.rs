@@ -102,6 +102,10 @@ pub struct DataSection {
     /// With `teacher = "model"`: the trained model, a directory holding
     /// `adapters.safetensors` (a run of `mrank train`, `adapters/minilm-l6`) or the file.
     pub teacher_model: String,
+    /// With `teacher = "model"`: the base checkpoint the teacher was trained on, when it
+    /// is not this run's (a student on a smaller or cut base distilling from a model
+    /// trained on the full one). Empty: this run's base.
+    pub teacher_base: String,
     /// Temperature applied to teacher scores. Unset, it is 0.05 for the base's
     /// teachers, which score cosines in [-1, 1], and 1 for a `model` teacher, which
     /// scores logits (already about 20 times a cosine); the written config records it.
@@ -216,6 +220,7 @@ impl Default for DataSection {
             unlabeled_fraction: 0.5,
             teacher: Teacher::BiEncoder,
             teacher_model: String::new(),
+            teacher_base: String::new(),
             teacher_temperature: None,
         }
     }
@@ -393,6 +398,13 @@ impl TrainConfig {
                     other.name()
                 ))
             }
+        }
+        if !self.data.teacher_base.is_empty() && self.data.teacher != Teacher::Model {
+            return bad(format!(
+                "data.teacher_base is set but data.teacher is \"{}\"; it names the base of a \
+                 `model` teacher",
+                self.data.teacher.name()
+            ));
         }
         let temperature = self.data.teacher_temperature();
         if !(temperature > 0.0 && temperature.is_finite()) {

@@ -1028,7 +1028,8 @@ type TeacherScorer<'a> = dyn FnMut(&QueryCandidates) -> Result<Vec<f32>> + 'a;
 
 /// The teacher's score of every (query, candidate) in the training data: `bi-encoder`
 /// (pooled cosine) or `max-sim` (late interaction) of the base as it is, or the full
-/// configuration of a trained model on the same base (`model`). Cached in
+/// configuration of a trained model (`model`) on this base or on `data.teacher_base`
+/// (a larger base distilled into this one). Cached in
 /// `out_dir/teacher.safetensors`, whose header names the teacher, the max length and, for
 /// a model, its adapters file (size and content hash); the cache is recomputed when any
 /// differs or a query is missing.
@@ -1058,6 +1059,20 @@ fn teacher_scores(
             Some(file)
         }
         _ => None,
+    };
+    // A teacher on a base of its own: its weights are part of what the cache holds.
+    let teacher_base = match section.teacher_base.as_str() {
+        "" => base.to_path_buf(),
+        other => {
+            let path = std::path::PathBuf::from(other);
+            let fingerprint = Checkpoint::open(&path)
+                .and_then(|c| c.fingerprint())
+                .map_err(|e| {
+                    TrainerError::Input(format!("data.teacher_base {}: {e}", path.display()))
+                })?;
+            header.insert("teacher_base".to_string(), fingerprint);
+            path
+        }
     };
     let cache = out_dir.join("teacher.safetensors");
     let queries: Vec<&QueryCandidates> = data
@@ -1089,14 +1104,19 @@ fn teacher_scores(
     let mut score: Box<TeacherScorer<'_>> = match teacher_file {
         Some(file) => {
             let mut teacher =
-                crate::reranker::Reranker::load(base, Some(&file), max_length, device).map_err(
-                    |e| {
+                crate::reranker::Reranker::load(&teacher_base, Some(&file), max_length, device)
+                    .map_err(|e| {
                         TrainerError::Input(format!(
-                            "data.teacher_model {}: cannot load it on this base: {e}",
-                            file.display()
+                            "data.teacher_model {}: cannot load it on {}: {e}{}",
+                            file.display(),
+                            teacher_base.display(),
+                            if section.teacher_base.is_empty() {
+                                " (a teacher trained on another base needs data.teacher_base)"
+                            } else {
+                                ""
+                            }
                         ))
-                    },
-                )?;
+                    })?;
             let full = models::SubStructure::full(teacher.num_layers());
             Box::new(move |q: &QueryCandidates| {
                 let texts: Vec<&str> = q.candidates.iter().map(|c| c.text.as_str()).collect();

@@ -190,6 +190,8 @@ fn inconsistent_model_settings_are_refused() {
     assert!(e.contains("needs data.teacher_model"), "{e}");
     let e = refused(&["data.teacher=bi-encoder", "data.teacher_model=runs/x"]);
     assert!(e.contains("data.teacher = \"model\""), "{e}");
+    let e = refused(&["data.teacher=bi-encoder", "data.teacher_base=x"]);
+    assert!(e.contains("data.teacher_base"), "{e}");
     let e = refused(&["data.teacher_temperature=0"]);
     assert!(e.contains("data.teacher_temperature"), "{e}");
     // Numbers that would train NaN adapters or panic when a probability is drawn.
@@ -353,6 +355,45 @@ fn a_trained_model_is_a_teacher() {
     .expect("refused")
     .to_string();
     assert!(e.contains("/nonexistent/run"), "{e}");
+
+    // A student on a smaller base (tiny-bert cut to 2 layers) distils from the teacher
+    // on the teacher's own base: the same scores, and the cache names that base.
+    let cut = dir.path().join("cut");
+    std::fs::create_dir(&cut).unwrap();
+    for file in ["model.safetensors", "tokenizer.json"] {
+        std::fs::copy(fixture("tiny-bert").join(file), cut.join(file)).unwrap();
+    }
+    let mut config: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(fixture("tiny-bert").join("config.json")).unwrap(),
+    )
+    .unwrap();
+    config["num_hidden_layers"] = 2.into();
+    std::fs::write(cut.join("config.json"), config.to_string()).unwrap();
+    let on_cut = |out: &str, extra: &[&str]| {
+        let cfg = tiny_config(
+            dir.path(),
+            &[&["data.teacher=model", &teacher_model][..], extra].concat(),
+        );
+        let (data, _) = load_data(&cfg).unwrap();
+        Trainer::new(cfg, &cut, &dir.path().join(out), data, &Device::Cpu)
+    };
+    let e = on_cut("cut-alone", &[]).err().expect("refused").to_string();
+    assert!(e.contains("data.teacher_base"), "{e}");
+    let teacher_base = format!("data.teacher_base={}", fixture("tiny-bert").display());
+    on_cut("cut-student", &[&teacher_base]).unwrap();
+    let cache = dir.path().join("cut-student/teacher.safetensors");
+    assert_eq!(
+        common::load(&cache)["q1"].to_vec1::<f32>().unwrap(),
+        scores,
+        "the teacher on its own base scores as it does for a student on that base"
+    );
+    let bytes = std::fs::read(&cache).unwrap();
+    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    assert!(header
+        .metadata()
+        .as_ref()
+        .unwrap()
+        .contains_key("teacher_base"));
 }
 
 /// Idf-weighted max-sim with idf merging: the exponents are trained with the heads (they
