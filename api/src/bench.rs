@@ -203,13 +203,15 @@ pub fn run(args: BenchArgs) -> Result<()> {
     if args.queries > 0 {
         queries.truncate(args.queries);
     }
+    // As the server encodes a request: the query tokenized once for all its passages.
     let requests: Vec<Vec<EncodedPair>> = queries
         .iter()
         .map(|q| {
-            q.candidates
-                .iter()
-                .map(|c| runtime.encoder.encode(&q.query, &c.text, None))
-                .collect::<models::Result<Vec<_>>>()
+            let texts: Vec<&str> = q.candidates.iter().map(|c| c.text.as_str()).collect();
+            Ok(runtime
+                .encoder
+                .encode_request(&q.query, &texts, None, false)?
+                .pairs)
         })
         .collect::<models::Result<_>>()?;
     let groups: Vec<Vec<EncodedPair>> = match args.batching.as_str() {

@@ -116,11 +116,11 @@ pub fn evaluate_runtime(
     let dims = models::ModelConfig::from_file(&model_config)?.dimensions();
     let mut on_data = trainer::eval::FlopsOnData::new(dims, &configs);
     let metrics = mean_metrics(queries, qrels, ids.len(), "eval (onnx)", progress, |q| {
-        let pairs = q
-            .candidates
-            .iter()
-            .map(|c| runtime.encoder.encode(&q.query, &c.text, None))
-            .collect::<models::Result<Vec<_>>>()?;
+        let texts: Vec<&str> = q.candidates.iter().map(|c| c.text.as_str()).collect();
+        let pairs = runtime
+            .encoder
+            .encode_request(&q.query, &texts, None, false)?
+            .pairs;
         on_data.add(&pairs);
         let scores = ids
             .iter()

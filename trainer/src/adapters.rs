@@ -138,6 +138,7 @@ impl Adapters {
             Some(path) => {
                 let a = Adapters::load(path, device)?;
                 a.check_base(architecture, &dims, path)?;
+                a.check_lora_shapes(&dims, path)?;
                 a.check_fingerprint(checkpoint, path)?;
                 Ok(a)
             }
@@ -199,6 +200,48 @@ impl Adapters {
                 dims.hidden_size,
                 dims.vocab_size
             )));
+        }
+        Ok(())
+    }
+
+    /// Checks every LoRA pair fits the projection it names (`A [rank, in]`,
+    /// `B [out, rank]`), so a file that passes `check_base` but was cut for another
+    /// shape (or edited) is refused here, naming the tensor, instead of failing inside
+    /// a matmul at the first forward pass.
+    pub fn check_lora_shapes(&self, dims: &Dimensions, path: &Path) -> Result<()> {
+        let attention = dims.num_heads * dims.head_dim;
+        let kv = dims.num_kv_heads * dims.head_dim;
+        let (hidden, mlp) = (dims.hidden_size, dims.intermediate_size);
+        for (set, loras) in &self.sets {
+            for ((layer, proj), (a, b)) in loras {
+                let name = format!("lora.{set}.{layer}.{proj}");
+                let (input, output) = match proj.as_str() {
+                    "q" => (hidden, attention),
+                    "k" | "v" => (hidden, kv),
+                    "o" => (attention, hidden),
+                    "gate" | "up" => (hidden, mlp),
+                    "down" => (mlp, hidden),
+                    other => {
+                        return Err(TrainerError::Input(format!(
+                            "{}: {name}: no projection is called {other:?}",
+                            path.display()
+                        )))
+                    }
+                };
+                let rank = a.dim(0).unwrap_or(0);
+                let fits = *layer < dims.num_layers
+                    && a.dims() == [rank, input]
+                    && b.dims() == [output, rank];
+                if !fits {
+                    return Err(TrainerError::Input(format!(
+                        "{}: {name} has A {:?} and B {:?}, but layer {layer}'s {proj} projection of this base needs A [rank, {input}] and B [{output}, rank] (of {} layers)",
+                        path.display(),
+                        a.dims(),
+                        b.dims(),
+                        dims.num_layers
+                    )));
+                }
+            }
         }
         Ok(())
     }

@@ -756,3 +756,33 @@ fn adapters_refuse_a_base_of_the_same_shape_with_other_weights() {
         "{err}"
     );
 }
+
+/// A LoRA pair cut for another projection shape is refused at load, naming the file
+/// and the tensor, instead of failing in a matmul at the first forward pass.
+#[test]
+fn adapters_with_a_lora_of_the_wrong_shape_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut trained = train_resuming("tiny-bert", &["stage1.steps=2"], None, dir.path());
+    let base = models::Checkpoint::open(fixture("tiny-bert")).unwrap();
+    let (set, key) = {
+        let (set, loras) = trained.sets.iter().next().expect("a LoRA set");
+        (set.clone(), loras.keys().next().unwrap().clone())
+    };
+    let (a, b) = trained.sets[&set][&key].clone();
+    let narrow = b.narrow(0, 0, b.dim(0).unwrap() - 1).unwrap();
+    trained
+        .sets
+        .get_mut(&set)
+        .unwrap()
+        .insert(key.clone(), (a, narrow));
+    let path = dir.path().join("edited.safetensors");
+    trained.save(&path).unwrap();
+    let err = Adapters::for_base(&base, Some(&path), &Device::Cpu)
+        .expect_err("refused")
+        .to_string();
+    let name = format!("lora.{set}.{}.{}", key.0, key.1);
+    assert!(
+        err.contains("edited.safetensors") && err.contains(&name),
+        "{err}"
+    );
+}
