@@ -64,14 +64,16 @@ class Bm25:
 
     def top(self, query, k):
         scores = defaultdict(float)
-        for term in set(words(query)):
+        # Sorted, so the float sums (and the order of ties) do not depend on Python's
+        # per-process string hashing: the same seed writes the same file.
+        for term in sorted(set(words(query))):
             idf = self.idf.get(term)
             if idf is None:
                 continue
             for i, tf in self.postings[term]:
                 norm = self.k1 * (1 - self.b + self.b * self.lengths[i] / self.avg)
                 scores[i] += idf * tf * (self.k1 + 1) / (tf + norm)
-        return sorted(scores.items(), key=lambda kv: -kv[1])[:k]
+        return sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))[:k]
 
 
 def pseudo_query(text, bm25, rng):

@@ -821,13 +821,10 @@ fn replay_refuses_a_bad_profile_before_reading_data() {
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
 
-/// `--resume` may change phases the checkpoint has not run yet (here: add horizontal
-/// steps to a finished run), never one it has (stage 1's steps).
-#[test]
-fn resume_changes_only_phases_not_yet_run() {
-    let dir = tempfile::tempdir().unwrap();
-    let (data, qrels) = tiny_data(dir.path());
-    let config = dir.path().join("tiny.toml");
+/// A short training config on tiny-bert and `tiny_data` (3 stage-1 steps, 2 vertical).
+fn tiny_train_config(dir: &Path) -> PathBuf {
+    let (data, qrels) = tiny_data(dir);
+    let config = dir.join("tiny.toml");
     std::fs::write(
         &config,
         format!(
@@ -841,6 +838,80 @@ fn resume_changes_only_phases_not_yet_run() {
         ),
     )
     .unwrap();
+    config
+}
+
+/// A trained model as teacher is scored through ONNX Runtime when its library is set
+/// up, else by the candle forward; both write the same teacher scores (within 1e-4).
+#[test]
+fn a_model_teacher_scores_alike_through_onnx_runtime_and_candle() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = tiny_train_config(dir.path());
+    let config = config.to_str().unwrap();
+    let teacher = dir.path().join("teacher");
+    let (ok, _, stderr) = mrank(&[
+        "train",
+        "--config",
+        config,
+        "--out",
+        teacher.to_str().unwrap(),
+    ]);
+    assert!(ok, "{stderr}");
+    let teacher_model = format!("data.teacher_model={}", teacher.display());
+    let student = |name: &str, onnx: bool| {
+        let out = dir.path().join(name);
+        let mut command = Command::new(env!("CARGO_BIN_EXE_mrank"));
+        command.args([
+            "train",
+            "--config",
+            config,
+            "--out",
+            out.to_str().unwrap(),
+            "--set",
+            "data.teacher=model",
+            "--set",
+            &teacher_model,
+            "--set",
+            "stage1.steps=1",
+        ]);
+        if !onnx {
+            command.env_remove("ORT_DYLIB_PATH");
+        }
+        let run = command.output().unwrap();
+        let stderr = String::from_utf8_lossy(&run.stderr).into_owned();
+        assert!(run.status.success(), "{name}: {stderr}");
+        assert_eq!(
+            stderr.contains("through ONNX Runtime"),
+            onnx,
+            "{name}: {stderr}"
+        );
+        candle_core::safetensors::load(out.join("teacher.safetensors"), &candle_core::Device::Cpu)
+            .unwrap()
+    };
+    let onnx = student("onnx", true);
+    let candle = student("candle", false);
+    assert_eq!(onnx.len(), 2, "one score list per training query");
+    for (qid, c) in &candle {
+        let (c, o) = (
+            c.to_vec1::<f32>().unwrap(),
+            onnx[qid].to_vec1::<f32>().unwrap(),
+        );
+        assert_eq!(c.len(), o.len());
+        for (a, b) in c.iter().zip(&o) {
+            assert!(
+                (a - b).abs() <= 1e-4 * a.abs().max(1.0),
+                "{qid}: {c:?} vs {o:?}"
+            );
+        }
+    }
+}
+
+/// `--resume` may change phases the checkpoint has not run yet (here: add horizontal
+/// steps to a finished run), never one it has (stage 1's steps).
+#[test]
+fn resume_changes_only_phases_not_yet_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = tiny_train_config(dir.path());
     let out = dir.path().join("run");
     let out = out.to_str().unwrap();
     let (ok, _, stderr) = mrank(&["train", "--config", config.to_str().unwrap(), "--out", out]);

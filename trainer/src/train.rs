@@ -342,8 +342,21 @@ impl Trainer {
         cfg: TrainConfig,
         base: &Path,
         out_dir: &Path,
+        data: TrainData,
+        device: &Device,
+    ) -> Result<Self> {
+        Self::with_model_teacher(cfg, base, out_dir, data, device, None)
+    }
+
+    /// `new`, scoring a `model` teacher with `model_teacher` instead of the candle
+    /// forward when its cache misses.
+    pub fn with_model_teacher(
+        cfg: TrainConfig,
+        base: &Path,
+        out_dir: &Path,
         mut data: TrainData,
         device: &Device,
+        model_teacher: Option<&ModelTeacher>,
     ) -> Result<Self> {
         let checkpoint = Checkpoint::open(base)?;
         let mut cfg = cfg;
@@ -380,6 +393,7 @@ impl Trainer {
             cfg.model.max_length,
             out_dir,
             device,
+            model_teacher,
         )?;
         meta.query_weights = cfg.model.query_weights;
         let mut head_vars = BTreeMap::new();
@@ -1024,7 +1038,13 @@ impl Trainer {
 }
 
 /// Scores one query's candidates for the teacher term.
-type TeacherScorer<'a> = dyn FnMut(&QueryCandidates) -> Result<Vec<f32>> + 'a;
+pub type TeacherScorer<'a> = dyn FnMut(&QueryCandidates) -> Result<Vec<f32>> + 'a;
+
+/// Builds the scorer of a `model` teacher from its base checkpoint, its adapters file
+/// and the max length, in place of the candle forward: the `mrank` binary passes one
+/// that runs the teacher's full configuration through ONNX Runtime, several times
+/// faster on CPU. Called only when the teacher cache misses.
+pub type ModelTeacher = dyn Fn(&Path, &Path, usize) -> Result<Box<TeacherScorer<'static>>>;
 
 /// The teacher's score of every (query, candidate) in the training data: `bi-encoder`
 /// (pooled cosine) or `max-sim` (late interaction) of the base as it is, or the full
@@ -1043,6 +1063,7 @@ fn teacher_scores(
     max_length: usize,
     out_dir: &Path,
     device: &Device,
+    model_teacher: Option<&ModelTeacher>,
 ) -> Result<HashMap<String, Vec<f32>>> {
     let kind = section.teacher;
     if kind == Teacher::None {
@@ -1103,25 +1124,36 @@ fn teacher_scores(
     // Built only on a cache miss: a model teacher is a second model in memory.
     let mut score: Box<TeacherScorer<'_>> = match teacher_file {
         Some(file) => {
-            let mut teacher =
-                crate::reranker::Reranker::load(&teacher_base, Some(&file), max_length, device)
-                    .map_err(|e| {
-                        TrainerError::Input(format!(
-                            "data.teacher_model {}: cannot load it on {}: {e}{}",
-                            file.display(),
-                            teacher_base.display(),
-                            if section.teacher_base.is_empty() {
-                                " (a teacher trained on another base needs data.teacher_base)"
-                            } else {
-                                ""
-                            }
-                        ))
-                    })?;
-            let full = models::SubStructure::full(teacher.num_layers());
-            Box::new(move |q: &QueryCandidates| {
-                let texts: Vec<&str> = q.candidates.iter().map(|c| c.text.as_str()).collect();
-                teacher.score(&q.query, &texts, &full, 8192)
-            })
+            let cannot_load = |e: TrainerError| {
+                TrainerError::Input(format!(
+                    "data.teacher_model {}: cannot load it on {}: {e}{}",
+                    file.display(),
+                    teacher_base.display(),
+                    if section.teacher_base.is_empty() {
+                        " (a teacher trained on another base needs data.teacher_base)"
+                    } else {
+                        ""
+                    }
+                ))
+            };
+            match model_teacher {
+                Some(build) => build(&teacher_base, &file, max_length).map_err(cannot_load)?,
+                None => {
+                    let mut teacher = crate::reranker::Reranker::load(
+                        &teacher_base,
+                        Some(&file),
+                        max_length,
+                        device,
+                    )
+                    .map_err(cannot_load)?;
+                    let full = models::SubStructure::full(teacher.num_layers());
+                    Box::new(move |q: &QueryCandidates| {
+                        let texts: Vec<&str> =
+                            q.candidates.iter().map(|c| c.text.as_str()).collect();
+                        teacher.score(&q.query, &texts, &full, 8192)
+                    })
+                }
+            }
         }
         None => {
             let score = match kind {
