@@ -9,8 +9,10 @@ this writes more of them, drawn from the same passages, in the data's JSONL form
 Each pseudo-query comes from one sentence of a random training passage: half are the
 sentence's first 4 to 9 words (natural-language shape), half are 3 to 6 of its rarer
 content words in order (keyword shape). Its candidates are the BM25 top-K of all
-training passages (k1 = 0.9, b = 0.4, Anserini's defaults), so they share its topic the
-way a first stage's candidates do. Nothing is read from DL19.
+training passages (k1 = 0.9, b = 0.4), so they share its topic the
+way a first stage's candidates do (k1 and b are Anserini's defaults; the words are
+lower-cased \w+ runs, not stemmed, and a query's repeated word counts once). Nothing is
+read from DL19.
 
 Usage: python3 scripts/pseudo_queries.py DATA_DIR OUT.jsonl [--queries N] [--candidates K] [--seed S]
 """
@@ -108,9 +110,15 @@ def main():
     bm25 = Bm25([t for _, t in passages])
     print(f"{len(passages)} distinct training passages indexed", file=sys.stderr)
     rng = random.Random(args.seed)
-    written, seen = 0, set()
+    written, seen, attempts = 0, set(), 0
     with open(args.out, "w", encoding="utf-8") as out:
         while written < args.queries:
+            attempts += 1
+            if attempts > 50 * args.queries:
+                sys.exit(
+                    f"{args.out}: only {written} of {args.queries} pseudo-queries found "
+                    f"{args.candidates} candidates each; ask for fewer queries or candidates"
+                )
             _, text = passages[rng.randrange(len(passages))]
             query = pseudo_query(text, bm25, rng)
             if not query or query in seen:

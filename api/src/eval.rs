@@ -372,12 +372,14 @@ pub fn evaluate_onnx(
             ..Default::default()
         },
     )?;
-    // One TREC run file per configuration, written query by query as scored.
+    // One TREC run file per configuration, written query by query as scored, under a
+    // `.partial` name until every query is in: a failed evaluation leaves no `.run`
+    // file that looks complete.
     let mut runs = match run_dir {
         Some(dir) => ids
             .iter()
             .map(|id| {
-                let path = dir.join(format!("{id}.run"));
+                let path = dir.join(format!("{id}.run.partial"));
                 std::fs::File::create(&path)
                     .map(|f| (std::io::BufWriter::new(f), path.clone()))
                     .with_context(|| format!("cannot create run file {}", path.display()))
@@ -415,6 +417,10 @@ pub fn evaluate_onnx(
         use std::io::Write;
         file.flush()
             .with_context(|| format!("cannot write run file {}", path.display()))?;
+        drop(file);
+        let done = path.with_extension("");
+        std::fs::rename(&path, &done)
+            .with_context(|| format!("cannot rename {} to {}", path.display(), done.display()))?;
     }
     Ok(results)
 }

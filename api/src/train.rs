@@ -244,6 +244,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
     if let Some((queries, qrels)) = dev {
         write_eval(
             &cfg,
+            threads,
             &queries,
             &qrels,
             &base,
@@ -255,8 +256,6 @@ pub fn run(args: TrainArgs) -> Result<()> {
     Ok(())
 }
 
-/// Evaluates the finished run on the dev data and writes eval.json (each judged query's
-/// figures included, for `scripts/compare_quality.py`) and eval.md.
 /// Scores a trained model's full configuration through ONNX Runtime, for the teacher
 /// term: the model is exported (full configuration only) to a temporary directory that
 /// lives as long as the scorer.
@@ -304,8 +303,12 @@ fn onnx_model_teacher(
     }))
 }
 
+/// Evaluates the finished run on the dev data and writes eval.json (each judged query's
+/// figures included, for `scripts/compare_quality.py`) and eval.md.
+#[allow(clippy::too_many_arguments)]
 fn write_eval(
     cfg: &TrainConfig,
+    threads: usize,
     queries: &[trainer::data::QueryCandidates],
     qrels: &Qrels,
     base: &Path,
@@ -316,7 +319,7 @@ fn write_eval(
     // Through ONNX Runtime when its library is set up (what serving runs, and several
     // times faster; it needs only the adapters, not the candle model), else the candle
     // forward.
-    let results = if models::runtime::init_onnxruntime(cfg.run.threads).is_ok() {
+    let results = if models::runtime::init_onnxruntime(threads).is_ok() {
         let checkpoint = models::Checkpoint::open(base)
             .with_context(|| format!("cannot open {} to export it", base.display()))?;
         let trained = export::load_adapters(&checkpoint, Some(adapters))?;
@@ -328,7 +331,7 @@ fn write_eval(
             queries,
             qrels,
             cfg.model.max_length,
-            cfg.run.threads,
+            threads,
             8192,
             true,
             None,

@@ -332,6 +332,7 @@ fn eval_run_dir_writes_the_rankings_it_scored() {
     for row in value["configs"].as_array().unwrap() {
         let id = row["id"].as_str().unwrap();
         let text = std::fs::read_to_string(runs.join(format!("{id}.run"))).unwrap();
+        assert!(!runs.join(format!("{id}.run.partial")).exists());
         let lines: Vec<Vec<&str>> = text.lines().map(|l| l.split(' ').collect()).collect();
         // Both queries are judged: 3 + 2 candidates, ranks from 1, scores falling.
         assert_eq!(lines.len(), 5, "{id}: {text}");

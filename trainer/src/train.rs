@@ -1051,8 +1051,9 @@ pub type ModelTeacher = dyn Fn(&Path, &Path, usize) -> Result<Box<TeacherScorer<
 /// configuration of a trained model (`model`) on this base or on `data.teacher_base`
 /// (a larger base distilled into this one). Cached in
 /// `out_dir/teacher.safetensors`, whose header names the teacher, the max length and, for
-/// a model, its adapters file (size and content hash); the cache is recomputed when any
-/// differs or a query is missing.
+/// a model, its adapters file (size and content hash) and the base it runs on
+/// (fingerprint and layers); the cache is recomputed when any differs or a query is
+/// missing.
 #[allow(clippy::too_many_arguments)]
 fn teacher_scores(
     section: &crate::config::DataSection,
@@ -1081,20 +1082,24 @@ fn teacher_scores(
         }
         _ => None,
     };
-    // A teacher on a base of its own: its weights are part of what the cache holds.
+    // A model teacher's scores depend on the base it runs on: its weights' fingerprint
+    // and its layer count (a cut base shares the weights file) are part of what the
+    // cache holds, whether the base is this run's or `data.teacher_base`.
     let teacher_base = match section.teacher_base.as_str() {
         "" => base.to_path_buf(),
-        other => {
-            let path = std::path::PathBuf::from(other);
-            let fingerprint = Checkpoint::open(&path)
-                .and_then(|c| c.fingerprint())
-                .map_err(|e| {
-                    TrainerError::Input(format!("data.teacher_base {}: {e}", path.display()))
-                })?;
-            header.insert("teacher_base".to_string(), fingerprint);
-            path
-        }
+        other => std::path::PathBuf::from(other),
     };
+    if kind == Teacher::Model {
+        let identity = Checkpoint::open(&teacher_base)
+            .and_then(|c| {
+                let layers = c.config.dimensions().num_layers;
+                Ok(format!("{} L{layers}", c.fingerprint()?))
+            })
+            .map_err(|e| {
+                TrainerError::Input(format!("teacher base {}: {e}", teacher_base.display()))
+            })?;
+        header.insert("teacher_base".to_string(), identity);
+    }
     let cache = out_dir.join("teacher.safetensors");
     let queries: Vec<&QueryCandidates> = data
         .labeled
@@ -1136,8 +1141,24 @@ fn teacher_scores(
                     }
                 ))
             };
-            match model_teacher {
-                Some(build) => build(&teacher_base, &file, max_length).map_err(cannot_load)?,
+            // Adapters that do not fit the teacher's base are refused here, with the
+            // hint; a failure of the faster scorer itself falls back to candle.
+            let fitted = Checkpoint::open(&teacher_base)
+                .map_err(TrainerError::from)
+                .and_then(|c| Adapters::for_base(&c, Some(&file), device).map(|_| ()));
+            fitted.map_err(cannot_load)?;
+            let faster = model_teacher.and_then(|build| {
+                build(&teacher_base, &file, max_length)
+                    .map_err(|e| {
+                        eprintln!(
+                            "teacher: {e}; scoring {} with the candle forward instead",
+                            file.display()
+                        )
+                    })
+                    .ok()
+            });
+            match faster {
+                Some(scorer) => scorer,
                 None => {
                     let mut teacher = crate::reranker::Reranker::load(
                         &teacher_base,

@@ -394,6 +394,13 @@ fn a_trained_model_is_a_teacher() {
         .as_ref()
         .unwrap()
         .contains_key("teacher_base"));
+    // That cache was scored on the full base: a run on the cut base without
+    // teacher_base must not take it (the teacher does not fit there, and says why).
+    let e = on_cut("cut-student", &[])
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(e.contains("data.teacher_base"), "{e}");
 }
 
 /// Idf-weighted max-sim with idf merging: the exponents are trained with the heads (they
