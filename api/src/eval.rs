@@ -328,6 +328,39 @@ pub fn run(args: EvalArgs) -> Result<()> {
     Ok(())
 }
 
+/// `configs` of `adapters` exported to a temporary directory and loaded by ONNX
+/// Runtime; the directory must outlive the runtime's sessions.
+pub fn temporary_runtime(
+    checkpoint: &models::Checkpoint,
+    base: &std::path::Path,
+    adapters: &trainer::adapters::Adapters,
+    configs: Vec<models::Configuration>,
+    max_length: usize,
+    threads: usize,
+) -> Result<(tempfile::TempDir, models::Runtime)> {
+    let dir = tempfile::tempdir().context("cannot create a temporary export directory")?;
+    export::export_with(
+        checkpoint,
+        adapters,
+        &export::ExportRequest {
+            model_dir: base,
+            adapters: None,
+            configs,
+            out: dir.path(),
+            merge_adapters: false,
+            max_length,
+        },
+    )?;
+    let runtime = models::Runtime::load(
+        dir.path(),
+        &models::runtime::RuntimeOptions {
+            intra_threads: threads,
+            ..Default::default()
+        },
+    )?;
+    Ok((dir, runtime))
+}
+
 /// `--engine onnx`: the configurations `configs` names (`select_configs`) of `adapters`
 /// (with any `--merge-mode` or `--without-compensation` change applied), exported to a
 /// temporary directory and scored by ONNX Runtime; `checkpoint` is `base` already
@@ -348,30 +381,12 @@ pub fn evaluate_onnx(
 ) -> Result<Vec<trainer::eval::ConfigQuality>> {
     let layers = checkpoint.config.dimensions().num_layers;
     let configs = select_configs(configs, layers, adapters.heads.min_depth().unwrap_or(1))?;
-    let dir = tempfile::tempdir().context("cannot create a temporary export directory")?;
     let ids: Vec<String> = configs.iter().map(|c| c.id(layers)).collect();
     if progress {
         eprintln!("exporting {} configurations for ONNX Runtime", ids.len());
     }
-    export::export_with(
-        checkpoint,
-        adapters,
-        &export::ExportRequest {
-            model_dir: base,
-            adapters: None,
-            configs,
-            out: dir.path(),
-            merge_adapters: false,
-            max_length,
-        },
-    )?;
-    let runtime = models::Runtime::load(
-        dir.path(),
-        &models::runtime::RuntimeOptions {
-            intra_threads: threads,
-            ..Default::default()
-        },
-    )?;
+    let (_export, runtime) =
+        temporary_runtime(checkpoint, base, adapters, configs, max_length, threads)?;
     // One TREC run file per configuration, written query by query as scored, under a
     // `.partial` name until every query is in: a failed evaluation leaves no `.run`
     // file that looks complete.

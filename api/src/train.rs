@@ -264,9 +264,6 @@ fn onnx_model_teacher(
     adapters: &Path,
     max_length: usize,
 ) -> trainer::Result<Box<trainer::train::TeacherScorer<'static>>> {
-    let failed = |what: &str, e: &dyn std::fmt::Display| {
-        trainer::TrainerError::Input(format!("{what} for ONNX Runtime: {e}"))
-    };
     eprintln!(
         "teacher: scoring {} through ONNX Runtime",
         adapters.display()
@@ -274,23 +271,12 @@ fn onnx_model_teacher(
     let checkpoint = models::Checkpoint::open(base)?;
     let trained = Adapters::for_base(&checkpoint, Some(adapters), &Device::Cpu)?;
     let layers = checkpoint.config.dimensions().num_layers;
-    let dir = tempfile::tempdir().map_err(|e| failed("a temporary export directory", &e))?;
-    export::export_with(
-        &checkpoint,
-        &trained,
-        &export::ExportRequest {
-            model_dir: base,
-            adapters: None,
-            configs: vec![models::Configuration::f32(models::SubStructure::full(
-                layers,
-            ))],
-            out: dir.path(),
-            merge_adapters: false,
-            max_length,
-        },
-    )
-    .map_err(|e| failed("exporting the teacher", &e))?;
-    let runtime = models::Runtime::load(dir.path(), &Default::default())?;
+    let full = models::Configuration::f32(models::SubStructure::full(layers));
+    let (dir, runtime) =
+        crate::eval::temporary_runtime(&checkpoint, base, &trained, vec![full], max_length, 0)
+            .map_err(|e| {
+                trainer::TrainerError::Input(format!("the teacher for ONNX Runtime: {e:#}"))
+            })?;
     let id = models::SubStructure::full(layers).id(layers);
     Ok(Box::new(move |q: &trainer::data::QueryCandidates| {
         let _export = &dir; // the graphs stay on disk while the sessions run

@@ -1089,17 +1089,21 @@ fn teacher_scores(
         "" => base.to_path_buf(),
         other => std::path::PathBuf::from(other),
     };
-    if kind == Teacher::Model {
-        let identity = Checkpoint::open(&teacher_base)
-            .and_then(|c| {
+    let teacher_checkpoint = match kind {
+        Teacher::Model => {
+            let opened = Checkpoint::open(&teacher_base).and_then(|c| {
                 let layers = c.config.dimensions().num_layers;
-                Ok(format!("{} L{layers}", c.fingerprint()?))
-            })
-            .map_err(|e| {
+                let identity = format!("{} L{layers}", c.fingerprint()?);
+                Ok((c, identity))
+            });
+            let (checkpoint, identity) = opened.map_err(|e| {
                 TrainerError::Input(format!("teacher base {}: {e}", teacher_base.display()))
             })?;
-        header.insert("teacher_base".to_string(), identity);
-    }
+            header.insert("teacher_base".to_string(), identity);
+            Some(checkpoint)
+        }
+        _ => None,
+    };
     let cache = out_dir.join("teacher.safetensors");
     let queries: Vec<&QueryCandidates> = data
         .labeled
@@ -1143,10 +1147,10 @@ fn teacher_scores(
             };
             // Adapters that do not fit the teacher's base are refused here, with the
             // hint; a failure of the faster scorer itself falls back to candle.
-            let fitted = Checkpoint::open(&teacher_base)
-                .map_err(TrainerError::from)
-                .and_then(|c| Adapters::for_base(&c, Some(&file), device).map(|_| ()));
-            fitted.map_err(cannot_load)?;
+            let checkpoint = teacher_checkpoint
+                .as_ref()
+                .expect("opened for a model teacher");
+            Adapters::for_base(checkpoint, Some(&file), device).map_err(cannot_load)?;
             let faster = model_teacher.and_then(|build| {
                 build(&teacher_base, &file, max_length)
                     .map_err(|e| {
