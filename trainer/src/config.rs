@@ -143,6 +143,14 @@ pub struct SpaceSection {
     pub anchors: Vec<usize>,
     /// Probability that a step keeps full width.
     pub full_width_probability: f64,
+    /// Passage caps stage 1 also trains (`full-p32` reads a passage's first 32 tokens):
+    /// a capped step encodes each passage cut to one of these, uniformly, at ratio 1,
+    /// and every depth learns from the same depth's score of the whole passage (the
+    /// capped configuration's super-structure). Empty: no capped steps, and the random
+    /// stream of a run is the one it had before caps existed.
+    pub passage_caps: Vec<usize>,
+    /// Probability that a stage-1 step is a capped step (with `passage_caps`).
+    pub passage_cap_probability: f64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -246,6 +254,8 @@ impl Default for SpaceSection {
             compress_layers: vec![],
             anchors: vec![],
             full_width_probability: 0.5,
+            passage_caps: vec![],
+            passage_cap_probability: 0.25,
         }
     }
 }
@@ -465,6 +475,10 @@ impl TrainConfig {
                 self.space.full_width_probability,
             ),
             ("data.unlabeled_fraction", self.data.unlabeled_fraction),
+            (
+                "space.passage_cap_probability",
+                self.space.passage_cap_probability,
+            ),
         ];
         for (key, v) in probabilities {
             if !(0.0..=1.0).contains(&v) {
@@ -475,6 +489,12 @@ impl TrainConfig {
             return bad(format!(
                 "model.head_scale {}: must be a positive number",
                 self.model.head_scale
+            ));
+        }
+        if self.space.passage_caps.contains(&0) {
+            return bad(format!(
+                "space.passage_caps {:?}: a cap must keep at least one passage token",
+                self.space.passage_caps
             ));
         }
         const PROJECTIONS: [&str; 7] = ["q", "k", "v", "o", "up", "down", "gate"];

@@ -562,11 +562,13 @@ impl Trainer {
         }
     }
 
-    fn encode_group(&self, group: &Group) -> Result<ModelInput> {
+    /// The group's pairs as model input, each passage cut to its first `cap` tokens
+    /// when given (a capped step).
+    fn encode_group(&self, group: &Group, cap: Option<usize>) -> Result<ModelInput> {
         let pairs = group
             .passages
             .iter()
-            .map(|p| self.encoder.encode(&group.query, p, None))
+            .map(|p| self.encoder.encode(&group.query, p, cap))
             .collect::<models::Result<Vec<_>>>()?;
         ModelInput::new(&PaddedBatch::new(&pairs, self.encoder.pad_id), &self.device)
     }
@@ -580,6 +582,7 @@ impl Trainer {
         let min_depth = self.cfg.space.min_depth;
         let mode = crate::adapters::parse_merge_mode(&self.cfg.model.merge_mode).expect("resolved");
         // Width and depth range of this step, and which adapters are on.
+        let mut cap: Option<usize> = None;
         let (ratio, compress, depths, trainable, frozen): (
             usize,
             Vec<usize>,
@@ -588,8 +591,18 @@ impl Trainer {
             Vec<String>,
         ) = match &phase {
             Phase::Stage1 => {
-                // No ratios: a depth-only space, every step at full width.
+                // Drawn only when caps are configured, so runs without them keep their
+                // random stream.
+                let caps = &self.cfg.space.passage_caps;
+                if !caps.is_empty()
+                    && rng.random_bool(self.cfg.space.passage_cap_probability.clamp(0.0, 1.0))
+                {
+                    cap = Some(caps[rng.random_range(0..caps.len())]);
+                }
+                // No ratios: a depth-only space, every step at full width; a capped
+                // step reads its passages whole-width.
                 let full = self.cfg.space.ratios.is_empty()
+                    || cap.is_some()
                     || rng.random_bool(self.cfg.space.full_width_probability.clamp(0.0, 1.0));
                 let (r, c) = if full {
                     (1, vec![])
@@ -674,7 +687,7 @@ impl Trainer {
             labels_allowed,
             unlabeled_allowed,
         );
-        let input = self.encode_group(&group)?;
+        let input = self.encode_group(&group, cap)?;
         let max_depth = *depths
             .iter()
             .max()
@@ -693,8 +706,17 @@ impl Trainer {
             mode,
             false,
         )?;
-        // Full-width scores of the same adapters, detached: the super-structures.
-        let full_width: BTreeMap<usize, Tensor> = if ratio > 1 {
+        // Full-width scores of the same adapters, detached: the super-structures. A
+        // capped step's super-structure reads the whole passage.
+        let full_width: BTreeMap<usize, Tensor> = if ratio > 1 || cap.is_some() {
+            let whole;
+            let full_input = match cap {
+                Some(_) => {
+                    whole = self.encode_group(&group, None)?;
+                    &whole
+                }
+                None => &input,
+            };
             let full_sub = SubStructure {
                 depth: num_layers.max(max_depth),
                 ratio: 1,
@@ -711,7 +733,7 @@ impl Trainer {
             forward(
                 self.backbone.as_ref(),
                 &self.heads,
-                &input,
+                full_input,
                 &full_sub,
                 mode,
                 false,
@@ -770,7 +792,7 @@ impl Trainer {
             }
             // Super-structure: merged steps learn from the same depth at full width (for
             // depths the merge reached); every depth also learns from the next anchor above.
-            let merged_here = ratio > 1 && compress.iter().any(|&l| l < d);
+            let merged_here = (ratio > 1 && compress.iter().any(|&l| l < d)) || cap.is_some();
             let anchor = if merged_here {
                 Some(d)
             } else {

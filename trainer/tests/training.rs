@@ -155,6 +155,87 @@ fn depth_only_space_trains() {
     assert!(l[19] < l[0] * 0.5, "loss did not fall: {l:?}");
 }
 
+/// Passage caps (`space.passage_caps`): a capped step reads each passage's first N tokens,
+/// and every depth, full depth included, learns from its own score of the whole passage.
+/// Scoring full depth alone (tiny-bert has 3 layers), uncapped steps have no
+/// super-structure, so no self-distillation term.
+#[test]
+fn capped_steps_learn_from_the_whole_passage() {
+    let terms = |extra: &[&str]| -> Vec<std::collections::BTreeMap<String, f64>> {
+        let dir = tempfile::tempdir().unwrap();
+        let mut overrides = vec![
+            "space.full_width_probability=1.0",
+            "space.min_depth=3",
+            "stage1.steps=4",
+        ];
+        overrides.extend_from_slice(extra);
+        let cfg = tiny_config(dir.path(), &overrides);
+        let (data, _) = load_data(&cfg).unwrap();
+        let out = dir.path().join("out");
+        let mut trainer =
+            Trainer::new(cfg, &fixture("tiny-bert"), &out, data, &Device::Cpu).unwrap();
+        trainer.run(|_| {}).unwrap().expect("finished");
+        drop(trainer);
+        std::fs::read_to_string(out.join("log.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                serde_json::from_value(v["terms"].clone()).unwrap()
+            })
+            .collect()
+    };
+    for step in terms(&[]) {
+        assert!(!step.contains_key("self_distill"), "{step:?}");
+    }
+    let capped = terms(&[
+        "space.passage_caps=[2]",
+        "space.passage_cap_probability=1.0",
+    ]);
+    for step in capped {
+        let sd = step.get("self_distill").copied().unwrap_or(0.0);
+        assert!(
+            sd > 0.0,
+            "a capped step without a whole-passage target: {step:?}"
+        );
+    }
+}
+
+/// The cap draw happens only when caps are listed, so a config without them trains
+/// exactly as before caps existed; listing one changes the run.
+#[test]
+fn passage_caps_leave_other_runs_unchanged() {
+    let base = ["space.full_width_probability=0.5"];
+    let before = losses("tiny-bert", &base);
+    let unused = losses(
+        "tiny-bert",
+        &[&base[..], &["space.passage_cap_probability=0.9"]].concat(),
+    );
+    assert_eq!(before, unused);
+    let capped = losses(
+        "tiny-bert",
+        &[
+            &base[..],
+            &[
+                "space.passage_caps=[2]",
+                "space.passage_cap_probability=0.5",
+            ],
+        ]
+        .concat(),
+    );
+    assert_ne!(before, capped);
+    let dir = tempfile::tempdir().unwrap();
+    let err = TrainConfig::from_toml(
+        &tiny_toml(dir.path()),
+        &["space.passage_caps=[0]".to_string()],
+        "test",
+    )
+    .and_then(|mut c| c.resolve(2))
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("space.passage_caps"), "{err}");
+}
+
 #[test]
 fn inconsistent_model_settings_are_refused() {
     let dir = tempfile::tempdir().unwrap();
