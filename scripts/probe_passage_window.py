@@ -74,7 +74,7 @@ def select(passage, n, weights, continuation, rule):
     pieces = rule.pop("pieces", 1)
     if head:
         rest = passage[head:]
-        return passage[:head] + select(rest, n - head, weights, continuation, rule)
+        return passage[:head] + select(rest, n - head, weights, continuation, dict(rule, pieces=pieces))
     if rule.pop("greedy", False):
         return pieces_of(passage, n, pieces, weights, continuation, rule)
     focus = rule.pop("focus", 0)
@@ -214,7 +214,9 @@ def main():
             variants.append((f"{rule} {n}", n, RULES[rule]))
     results = {}
     # the uncut scores take minutes: kept beside the graph, per query set
-    uncut_cache = f"{graph}.{query_set}-uncut.json"
+    # keyed on the graph file's size and time, so a graph exported again is scored again
+    st = os.stat(graph)
+    uncut_cache = f"{graph}.{query_set}-{st.st_size}-{int(st.st_mtime)}-uncut.json"
     for name, n, how in variants:
         t0 = time.time()
         per_query, kept = [], []

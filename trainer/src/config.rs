@@ -145,9 +145,12 @@ pub struct SpaceSection {
     pub full_width_probability: f64,
     /// Passage caps stage 1 also trains (`full-p32` reads a passage's first 32 tokens):
     /// a capped step encodes each passage cut to one of these, uniformly, at ratio 1,
-    /// and every depth learns from the same depth's score of the whole passage (the
-    /// capped configuration's super-structure). Empty: no capped steps, and the random
-    /// stream of a run is the one it had before caps existed.
+    /// and through `stage1.weight_self_distill` every depth learns from the same depth's
+    /// score of the whole passage (the capped configuration's super-structure), in place
+    /// of the anchor above it. A capped step draws no width, so merged steps become
+    /// rarer by the cap probability. Each cap must be below `model.max_length` (a cap
+    /// the pair's room never reaches would train nothing). Empty: no capped steps, and
+    /// the random stream of a run is the one it had before caps existed.
     pub passage_caps: Vec<usize>,
     /// Probability that a stage-1 step is a capped step (with `passage_caps`).
     pub passage_cap_probability: f64,
@@ -495,6 +498,18 @@ impl TrainConfig {
             return bad(format!(
                 "space.passage_caps {:?}: a cap must keep at least one passage token",
                 self.space.passage_caps
+            ));
+        }
+        if let Some(cap) = self
+            .space
+            .passage_caps
+            .iter()
+            .find(|&&c| c >= self.model.max_length)
+        {
+            return bad(format!(
+                "space.passage_caps: {cap} is not below model.max_length {}, so it would cut \
+                 no passage; list caps shorter than the passages",
+                self.model.max_length
             ));
         }
         const PROJECTIONS: [&str; 7] = ["q", "k", "v", "o", "up", "down", "gate"];

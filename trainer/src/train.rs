@@ -707,8 +707,9 @@ impl Trainer {
             false,
         )?;
         // Full-width scores of the same adapters, detached: the super-structures. A
-        // capped step's super-structure reads the whole passage.
-        let full_width: BTreeMap<usize, Tensor> = if ratio > 1 || cap.is_some() {
+        // capped step's super-structure reads the whole passage (a second forward,
+        // skipped when nothing would learn from it).
+        let full_width: BTreeMap<usize, Tensor> = if w_sd > 0.0 && (ratio > 1 || cap.is_some()) {
             let whole;
             let full_input = match cap {
                 Some(_) => {
