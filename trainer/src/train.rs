@@ -562,15 +562,16 @@ impl Trainer {
         }
     }
 
-    /// The group's pairs as model input, each passage cut to its first `cap` tokens
-    /// when given (a capped step).
-    fn encode_group(&self, group: &Group, cap: Option<usize>) -> Result<ModelInput> {
-        let pairs = group
+    fn encode_group(&self, group: &Group) -> Result<Vec<models::EncodedPair>> {
+        Ok(group
             .passages
             .iter()
-            .map(|p| self.encoder.encode(&group.query, p, cap))
-            .collect::<models::Result<Vec<_>>>()?;
-        ModelInput::new(&PaddedBatch::new(&pairs, self.encoder.pad_id), &self.device)
+            .map(|p| self.encoder.encode(&group.query, p, None))
+            .collect::<models::Result<Vec<_>>>()?)
+    }
+
+    fn model_input(&self, pairs: &[models::EncodedPair]) -> Result<ModelInput> {
+        ModelInput::new(&PaddedBatch::new(pairs, self.encoder.pad_id), &self.device)
     }
 
     /// Runs one step of the current phase; returns the loss.
@@ -600,7 +601,7 @@ impl Trainer {
                     cap = Some(caps[rng.random_range(0..caps.len())]);
                 }
                 // No ratios: a depth-only space, every step at full width; a capped
-                // step reads its passages whole-width.
+                // step also runs at full width.
                 let full = self.cfg.space.ratios.is_empty()
                     || cap.is_some()
                     || rng.random_bool(self.cfg.space.full_width_probability.clamp(0.0, 1.0));
@@ -687,7 +688,12 @@ impl Trainer {
             labels_allowed,
             unlabeled_allowed,
         );
-        let input = self.encode_group(&group, cap)?;
+        // A capped step cuts the pairs it encoded once, as serving cuts a capped
+        // configuration's pairs; the whole ones feed its super-structure below.
+        let pairs = self.encode_group(&group)?;
+        let capped: Option<Vec<models::EncodedPair>> =
+            cap.map(|c| pairs.iter().map(|p| p.with_passage_cap(c)).collect());
+        let input = self.model_input(capped.as_deref().unwrap_or(&pairs))?;
         let max_depth = *depths
             .iter()
             .max()
@@ -713,7 +719,7 @@ impl Trainer {
             let whole;
             let full_input = match cap {
                 Some(_) => {
-                    whole = self.encode_group(&group, None)?;
+                    whole = self.model_input(&pairs)?;
                     &whole
                 }
                 None => &input,
@@ -792,7 +798,8 @@ impl Trainer {
                 add("teacher", soft_ce(s, t)?, w_teacher, d, &mut terms)?;
             }
             // Super-structure: merged steps learn from the same depth at full width (for
-            // depths the merge reached); every depth also learns from the next anchor above.
+            // depths the merge reached), capped steps from the same depth on the whole
+            // passage; every other depth learns from the next anchor above.
             let merged_here = (ratio > 1 && compress.iter().any(|&l| l < d)) || cap.is_some();
             let anchor = if merged_here {
                 Some(d)
