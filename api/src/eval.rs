@@ -196,6 +196,9 @@ pub fn run(args: EvalArgs) -> Result<()> {
         );
     }
     let trained = adapters_path.is_some();
+    // Progress goes to stderr: with `--json` it is shown when a person watches (stderr
+    // a terminal) and kept out of callers' captured logs otherwise.
+    let progress = !args.json || std::io::IsTerminal::is_terminal(&std::io::stderr());
     if let Some(dir) = &args.run_dir {
         // Checked before the long part, so a bad path does not cost the evaluation.
         if args.engine != "onnx" || args.baseline.is_some() {
@@ -238,7 +241,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
                 args.model.max_length,
                 args.threads,
                 args.batch_tokens,
-                !args.json,
+                progress,
                 args.run_dir.as_deref(),
             )?
         }
@@ -270,7 +273,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
                         &qrels,
                         &candle_configs(&configs, layers)?,
                         args.batch_tokens,
-                        !args.json,
+                        progress,
                     )?
                 }
                 Some(kind) => {
@@ -280,7 +283,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
                         other => anyhow::bail!("--baseline {other}: use bm25 or bi-encoder"),
                     };
                     vec![evaluate_baseline(
-                        baseline, &reranker, &queries, &qrels, !args.json,
+                        baseline, &reranker, &queries, &qrels, progress,
                     )?]
                 }
             }

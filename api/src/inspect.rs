@@ -66,7 +66,14 @@ pub fn run(args: InspectArgs) -> Result<()> {
             .join("/"),
         space.compress_layers
     );
-    let full = pair_flops(&dims, lengths, &models::SubStructure::full(dims.num_layers));
+    // A bare checkpoint is a cross-encoder: one joint sequence per pair.
+    let segments = models::Segments::Joint;
+    let full = pair_flops(
+        &dims,
+        lengths,
+        segments,
+        &models::SubStructure::full(dims.num_layers),
+    );
     println!(
         "FLOPs per pair at query {} + passage {} tokens ({} tokens with the template): full = {:.3} GFLOP",
         models::flops::REFERENCE_QUERY_TOKENS,
@@ -76,7 +83,7 @@ pub fn run(args: InspectArgs) -> Result<()> {
     );
     println!("{:<16} {:>10} {:>10}", "config", "GFLOP", "vs full");
     for s in &configs {
-        let f = pair_flops(&dims, lengths, s);
+        let f = pair_flops(&dims, lengths, segments, s);
         println!(
             "{:<16} {:>10.4} {:>9.1}%",
             s.id(dims.num_layers),

@@ -109,7 +109,13 @@ pub fn export_with(
     let encoder =
         models::PairEncoder::new(checkpoint, req.max_length)?.with_isolated_segments(isolated)?;
     let lengths = encoder.reference_lengths();
-    let full_flops = pair_flops(&dims, lengths, &SubStructure::full(dims.num_layers));
+    let segments = models::Segments::reference(isolated);
+    let full_flops = pair_flops(
+        &dims,
+        lengths,
+        segments,
+        &SubStructure::full(dims.num_layers),
+    );
     let mut store = WeightStore::new(SHARED_WEIGHTS_FILE);
     let mut entries = Vec::new();
     // Graph file and shared weights of each graph written so far, by graph id: a
@@ -146,7 +152,7 @@ pub fn export_with(
             graphs.insert(graph_id.clone(), (file, shared));
         }
         let (file, shared) = graphs[&graph_id].clone();
-        let flops = pair_flops(&dims, config.capped(lengths), sub);
+        let flops = pair_flops(&dims, config.capped(lengths), segments, sub);
         entries.push(ConfigEntry {
             id,
             depth: sub.depth,

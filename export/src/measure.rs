@@ -10,8 +10,8 @@ use trainer::eval::{mean_metrics, ConfigQuality};
 
 use crate::error::Result;
 
-/// Pairs per reference batch.
-pub const REFERENCE_BATCH: usize = 32;
+/// Pairs per reference batch (all of one query, which is what FLOPs per pair assume).
+pub const REFERENCE_BATCH: usize = models::flops::REFERENCE_BATCH_PAIRS;
 
 /// Interleaved rounds of the reference-batch latency at export.
 pub const DEFAULT_LATENCY_ROUNDS: usize = 7;
@@ -114,7 +114,8 @@ pub fn evaluate_runtime(
     let configs: Vec<Configuration> = entries.iter().map(|e| configuration(e)).collect();
     let model_config = runtime.dir.join(&runtime.manifest.model_config);
     let dims = models::ModelConfig::from_file(&model_config)?.dimensions();
-    let mut on_data = trainer::eval::FlopsOnData::new(dims, &configs);
+    let isolated = runtime.encoder.isolated_segments();
+    let mut on_data = trainer::eval::FlopsOnData::new(dims, &configs, isolated);
     let metrics = mean_metrics(queries, qrels, ids.len(), "eval (onnx)", progress, |q| {
         let texts: Vec<&str> = q.candidates.iter().map(|c| c.text.as_str()).collect();
         let pairs = runtime

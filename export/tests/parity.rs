@@ -240,6 +240,22 @@ fn check_family_with(
         },
     )
     .unwrap();
+    // Split graphs encode a batch's query once, so their manifest prices a pair with a
+    // share of the query and attention within segments: less than one joint sequence.
+    let lengths = runtime.encoder.reference_lengths();
+    let joint = models::pair_flops(
+        &dims,
+        lengths,
+        models::Segments::Joint,
+        &SubStructure::full(dims.num_layers),
+    );
+    let full_entry = runtime.manifest.config("full").unwrap();
+    assert_eq!(
+        full_entry.flops_per_pair < joint,
+        isolate_segments,
+        "{name}: full costs {} per pair, a joint sequence {joint}",
+        full_entry.flops_per_pair
+    );
 
     let mut backbone = load_backbone(&checkpoint, &Device::Cpu).unwrap();
     backbone.isolate_segments(isolate_segments).unwrap();

@@ -17,7 +17,7 @@ pub use checkpoint::{Checkpoint, TensorF32};
 pub use encoding::{EncodedPair, EncodedRequest, PaddedBatch, PairEncoder, Span};
 pub use error::{ModelsError, Result};
 pub use families::{Dimensions, Family, ModelConfig};
-pub use flops::{pair_flops, PairLengths};
+pub use flops::{pair_flops, PairLengths, Segments};
 pub use manifest::{ConfigEntry, Manifest};
 pub use precision::{Configuration, Precision};
 pub use runtime::Runtime;

@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::io::Write;
 
-use models::{pair_flops, Configuration, EncodedPair, Precision, SubStructure};
+use models::{pair_flops, Configuration, EncodedPair, Precision, Segments, SubStructure};
 use serde::Serialize;
 
 use crate::data::{Qrels, QueryCandidates};
@@ -130,30 +130,35 @@ pub fn mean_metrics<E>(
 /// FLOPs of configurations over the pairs an evaluation scores (`add` each query's
 /// pairs as they are encoded), relative to the full model's over the same pairs: where
 /// `flops_ratio` counts the reference lengths, a passage cap saves what the data's
-/// passages allow.
+/// passages allow. With isolated segments each query is counted once per batch of its
+/// pairs (`Segments::for_request`).
 pub struct FlopsOnData<'a> {
     dims: models::Dimensions,
     configs: &'a [Configuration],
+    isolated: bool,
     totals: Vec<f64>,
     full: f64,
 }
 
 impl<'a> FlopsOnData<'a> {
-    pub fn new(dims: models::Dimensions, configs: &'a [Configuration]) -> Self {
+    pub fn new(dims: models::Dimensions, configs: &'a [Configuration], isolated: bool) -> Self {
         FlopsOnData {
             dims,
             configs,
+            isolated,
             totals: vec![0.0; configs.len()],
             full: 0.0,
         }
     }
 
+    /// Counts one query's pairs.
     pub fn add(&mut self, pairs: &[EncodedPair]) {
         let whole = SubStructure::full(self.dims.num_layers);
+        let segments = Segments::for_request(self.isolated, pairs.len());
         for lengths in pairs.iter().map(EncodedPair::lengths) {
-            self.full += pair_flops(&self.dims, lengths, &whole);
+            self.full += pair_flops(&self.dims, lengths, segments, &whole);
             for (total, config) in self.totals.iter_mut().zip(self.configs) {
-                *total += pair_flops(&self.dims, config.capped(lengths), &config.sub);
+                *total += pair_flops(&self.dims, config.capped(lengths), segments, &config.sub);
             }
         }
     }
@@ -224,7 +229,8 @@ pub fn evaluate(
         )));
     }
     let passes = pass_groups(reranker, configs);
-    let mut on_data = FlopsOnData::new(reranker.backbone_dims(), configs);
+    let isolated = reranker.encoder.isolated_segments();
+    let mut on_data = FlopsOnData::new(reranker.backbone_dims(), configs, isolated);
     let metrics = mean_metrics(queries, qrels, configs.len(), "eval", progress, |q| {
         let pairs = q
             .candidates
@@ -254,13 +260,19 @@ pub fn evaluate(
     })?;
     let dims = reranker.backbone_dims();
     let lengths = reranker.encoder.reference_lengths();
-    let full = pair_flops(&dims, lengths, &SubStructure::full(dims.num_layers));
+    let segments = Segments::reference(isolated);
+    let full = pair_flops(
+        &dims,
+        lengths,
+        segments,
+        &SubStructure::full(dims.num_layers),
+    );
     Ok(configs
         .iter()
         .zip(metrics)
         .zip(on_data.ratios())
         .map(|((c, m), on_data)| {
-            let flops = pair_flops(&dims, c.capped(lengths), &c.sub);
+            let flops = pair_flops(&dims, c.capped(lengths), segments, &c.sub);
             ConfigQuality {
                 flops_ratio_on_data: Some(on_data),
                 ..m.into_quality(c.id(dims.num_layers), flops / full)
