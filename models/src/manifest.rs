@@ -174,33 +174,59 @@ impl Manifest {
     }
 
     /// The quality a configuration is ranked by: its dev nDCG@10 (FLOPs when not every
-    /// configuration has one), except that a passage cap never ranks above the same
-    /// graph with a larger cap or none. Cutting a passage removes what the model could
-    /// read, so a measured gain from it is noise of the dev set (DL19: +0.003 at most,
-    /// p ≥ 0.9), and on passages longer than the dev set's it would be a loss.
+    /// configuration has one), except that a cheaper way of running a configuration
+    /// never ranks above it. A passage cap ranks at most as the same graph with a larger
+    /// cap or none: cutting a passage removes what the model could read, so a measured
+    /// gain from it is noise of the dev set (DL19: +0.003 at most, p ≥ 0.9), and on
+    /// passages longer than the dev set's it would be a loss. An int8 twin ranks at most
+    /// as its f32 configuration: its activations are quantized per batch, so its scores
+    /// move with the batch they share (the embedded default's int8 rows moved by up to
+    /// ±0.009 nDCG@10 between two evaluations batched differently), and a measured gain
+    /// over f32 is that noise.
     pub fn ranking_quality(&self, c: &ConfigEntry) -> f64 {
         let judged = self.configs.iter().all(|c| c.ndcg_at_10.is_some());
         let quality = |c: &ConfigEntry| match (judged, c.ndcg_at_10) {
             (true, Some(q)) => q,
             _ => c.flops_ratio,
         };
-        let Some(cap) = c.passage_tokens else {
-            return quality(c);
+        let own = match c.passage_tokens {
+            None => quality(c),
+            Some(cap) => self
+                .configs
+                .iter()
+                .filter(|o| o.graph == c.graph && o.passage_tokens.is_none_or(|k| k > cap))
+                .map(quality)
+                .fold(quality(c), f64::min),
         };
-        self.configs
-            .iter()
-            .filter(|o| o.graph == c.graph && o.passage_tokens.is_none_or(|k| k > cap))
-            .map(quality)
-            .fold(quality(c), f64::min)
+        match self.f32_twin(c) {
+            Some(twin) => own.min(self.ranking_quality(twin)),
+            None => own,
+        }
+    }
+
+    /// The f32 configuration an int8 one quantizes: the same sub-structure and cap.
+    fn f32_twin(&self, c: &ConfigEntry) -> Option<&ConfigEntry> {
+        if c.precision != crate::Precision::Int8 {
+            return None;
+        }
+        self.configs.iter().find(|o| {
+            o.precision == crate::Precision::F32
+                && o.depth == c.depth
+                && o.ratio == c.ratio
+                && o.compress_layers == c.compress_layers
+                && o.passage_tokens == c.passage_tokens
+        })
     }
 
     /// The ranking order, best first: ranking quality, then (at equal quality) the
-    /// configuration that reads more of the passage, so that a cap only serves when
-    /// it is cheaper than what it ties with, never in its place.
-    pub fn rank_key(&self, c: &ConfigEntry) -> (f64, usize) {
+    /// configuration that reads more of the passage, then f32 before int8, so that a cap
+    /// or an int8 twin only serves when it is cheaper than what it ties with, never in
+    /// its place.
+    pub fn rank_key(&self, c: &ConfigEntry) -> (f64, usize, bool) {
         (
             self.ranking_quality(c),
             c.passage_tokens.unwrap_or(usize::MAX),
+            c.precision == crate::Precision::F32,
         )
     }
 
@@ -218,8 +244,10 @@ impl Manifest {
                 c.flops_per_pair
             }
         };
-        let keys: Vec<(f64, usize)> = self.configs.iter().map(|c| self.rank_key(c)).collect();
-        let better = |a: (f64, usize), b: (f64, usize)| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1));
+        let keys: Vec<(f64, usize, bool)> = self.configs.iter().map(|c| self.rank_key(c)).collect();
+        let better = |a: (f64, usize, bool), b: (f64, usize, bool)| {
+            a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2))
+        };
         let included: Vec<bool> = self.configs.iter().map(&include).collect();
         (0..self.configs.len())
             .map(|i| {
@@ -356,5 +384,40 @@ mod tests {
         });
         assert_eq!(order[0].id, "full");
         assert_eq!(order[1].id, "full-p96");
+    }
+
+    /// An int8 twin that measured above its f32 configuration ranks at the f32 figure,
+    /// after it: both stay on the frontier (the twin for being cheaper), where without
+    /// the rule the twin would push full off it. An int8 twin that costs quality keeps
+    /// its own figure, and its caps are bounded by the f32 caps too.
+    #[test]
+    fn an_int8_twin_never_ranks_above_its_f32_configuration() {
+        let int8 = |mut e: ConfigEntry| {
+            e.precision = crate::Precision::Int8;
+            e
+        };
+        let mut d5 = entry("d5", "d5.onnx", None, 0.649, 80.0);
+        d5.depth = 5;
+        let mut d5_int8 = int8(entry("d5-int8", "d5-int8.onnx", None, 0.640, 40.0));
+        d5_int8.depth = 5;
+        let m = manifest(vec![
+            entry("full", "full.onnx", None, 0.680, 100.0),
+            int8(entry("full-int8", "full-int8.onnx", None, 0.681, 50.0)),
+            entry("full-p64", "full.onnx", Some(64), 0.679, 45.0),
+            int8(entry(
+                "full-p64-int8",
+                "full-int8.onnx",
+                Some(64),
+                0.682,
+                25.0,
+            )),
+            d5,
+            d5_int8,
+        ]);
+        let q: Vec<f64> = m.configs.iter().map(|c| m.ranking_quality(c)).collect();
+        assert_eq!(q, [0.680, 0.680, 0.679, 0.679, 0.649, 0.640]);
+        let on = m.frontier_of(|_| true);
+        assert_eq!(on, [true, true, true, true, false, false]);
+        assert!(m.rank_key(&m.configs[0]) > m.rank_key(&m.configs[1]));
     }
 }
