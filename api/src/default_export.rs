@@ -141,7 +141,8 @@ fn quality_table() -> Vec<(String, f64)> {
 /// Bumped whenever the rule for which configurations an export keeps changes, so the
 /// cached export is rebuilt (2: the frontier with passage caps and the frontier without
 /// them, plus the longer reads that bound a kept cap's rank; 3: an int8 twin ranks at
-/// most as its f32 configuration, and isolated segments are priced as they run).
+/// most as its f32 configuration, kept beside it, and isolated segments are priced as
+/// they run).
 const KEPT_SET_RULE: u32 = 3;
 
 fn adapters_stamp(path: &std::path::Path) -> Result<String> {

@@ -140,36 +140,55 @@ fn measure_into(
 }
 
 /// Drops the configurations off the frontier and the graphs none of the rest runs (the
-/// shared weights stay: every graph uses them). A capped configuration's longer reads
-/// of the same graph stay as entries off the frontier: its rank is bounded by theirs
-/// (`Manifest::ranking_quality`), and they cost no file.
+/// shared weights stay: every graph uses them). Entries that bound a kept
+/// configuration's rank (`Manifest::ranking_quality`) stay off the frontier, so that
+/// the server ranks the kept ones as the export did: a cap's longer reads of the same
+/// graph (no extra file) and an int8 twin's f32 configuration (its graph stays on disk;
+/// the server loads only the frontier).
 pub fn keep_frontier(dir: &Path, mut manifest: Manifest) -> Result<Manifest> {
-    // The smallest kept cap of each graph, `usize::MAX` for a kept uncapped one.
-    let mut kept: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
-    for c in manifest.configs.iter().filter(|c| c.frontier) {
-        let cap = c.passage_tokens.unwrap_or(usize::MAX);
-        let entry = kept.entry(c.graph.clone()).or_insert(cap);
-        *entry = (*entry).min(cap);
+    let configs = &manifest.configs;
+    let mut stays: Vec<bool> = configs.iter().map(|c| c.frontier).collect();
+    // What bounds a kept entry may itself be bounded (an int8 cap's f32 twin is a cap):
+    // add bounds until none is missing.
+    loop {
+        let mut added = false;
+        for i in 0..configs.len() {
+            if !stays[i] {
+                continue;
+            }
+            let c = &configs[i];
+            for (j, o) in configs.iter().enumerate() {
+                let longer_read = o.graph == c.graph
+                    && c.passage_tokens
+                        .is_some_and(|cap| o.passage_tokens.is_none_or(|k| k > cap));
+                let twin = manifest.f32_twin(c).is_some_and(|t| std::ptr::eq(t, o));
+                if !stays[j] && (longer_read || twin) {
+                    stays[j] = true;
+                    added = true;
+                }
+            }
+        }
+        if !added {
+            break;
+        }
     }
-    let stays = |c: &models::ConfigEntry| {
-        c.frontier
-            || kept
-                .get(&c.graph)
-                .is_some_and(|&smallest| c.passage_tokens.unwrap_or(usize::MAX) > smallest)
-    };
-    let unused: std::collections::BTreeSet<&str> = manifest
-        .configs
+    let kept_graphs: std::collections::BTreeSet<&str> = configs
+        .iter()
+        .zip(&stays)
+        .filter(|(_, &s)| s)
+        .map(|(c, _)| c.graph.as_str())
+        .collect();
+    let unused: std::collections::BTreeSet<&str> = configs
         .iter()
         .map(|c| c.graph.as_str())
-        .filter(|g| !kept.contains_key(*g))
+        .filter(|g| !kept_graphs.contains(*g))
         .collect();
     for graph in unused {
         let path = dir.join(graph);
         std::fs::remove_file(&path)
             .with_context(|| format!("{}: cannot remove", path.display()))?;
     }
-    let keep: Vec<bool> = manifest.configs.iter().map(stays).collect();
-    let mut flags = keep.into_iter();
+    let mut flags = stays.into_iter();
     manifest.configs.retain(|_| flags.next().unwrap_or(false));
     if !manifest.configs.iter().any(|c| c.frontier) {
         bail!("no configuration on the frontier; this cannot happen with a non-empty export");
@@ -263,6 +282,34 @@ mod tests {
             .collect();
         assert_eq!(ids, [("full", false), ("full-p8", true)]);
         assert!(dir.path().join("full.onnx").exists());
+        assert!(!dir.path().join("d1.onnx").exists());
+
+        // An int8 cap on the frontier keeps its f32 twin (a cap too) with its graph, and
+        // the twin's own longer read: every entry that bounds its rank.
+        let dir = tempfile::tempdir().unwrap();
+        let int8 = |mut e: models::manifest::ConfigEntry| {
+            e.precision = models::Precision::Int8;
+            e
+        };
+        let mut manifest = kept;
+        manifest.configs = vec![
+            entry("full", "full.onnx", false),
+            entry("full-p8", "full.onnx", false),
+            int8(entry("full-int8", "full-int8.onnx", false)),
+            int8(entry("full-p8-int8", "full-int8.onnx", true)),
+            models::manifest::ConfigEntry {
+                depth: 1,
+                ..entry("d1", "d1.onnx", false)
+            },
+        ];
+        for g in ["full.onnx", "full-int8.onnx", "d1.onnx"] {
+            std::fs::write(dir.path().join(g), b"graph").unwrap();
+        }
+        let kept = keep_frontier(dir.path(), manifest).unwrap();
+        let ids: Vec<&str> = kept.configs.iter().map(|c| c.id.as_str()).collect();
+        assert_eq!(ids, ["full", "full-p8", "full-int8", "full-p8-int8"]);
+        assert!(dir.path().join("full.onnx").exists());
+        assert!(dir.path().join("full-int8.onnx").exists());
         assert!(!dir.path().join("d1.onnx").exists());
     }
 }

@@ -205,7 +205,7 @@ impl Manifest {
     }
 
     /// The f32 configuration an int8 one quantizes: the same sub-structure and cap.
-    fn f32_twin(&self, c: &ConfigEntry) -> Option<&ConfigEntry> {
+    pub fn f32_twin(&self, c: &ConfigEntry) -> Option<&ConfigEntry> {
         if c.precision != crate::Precision::Int8 {
             return None;
         }
