@@ -126,8 +126,16 @@ fn measure_into(
     }
     if let Some((queries, qrels)) = dev {
         let ids = runtime.config_ids();
-        let quality =
-            measure::evaluate_runtime(&runtime, queries, qrels, &ids, 8192, true, |_, _| Ok(()))?;
+        // Batched as the server batches (int8 scores depend on their batch).
+        let quality = measure::evaluate_runtime(
+            &runtime,
+            queries,
+            qrels,
+            &ids,
+            crate::serve::DEFAULT_BATCH_TOKENS,
+            true,
+            |_, _| Ok(()),
+        )?;
         for q in quality {
             if let Some(c) = manifest.configs.iter_mut().find(|c| c.id == q.id) {
                 c.ndcg_at_10 = Some(q.ndcg10);
@@ -157,11 +165,12 @@ pub fn keep_frontier(dir: &Path, mut manifest: Manifest) -> Result<Manifest> {
                 continue;
             }
             let c = &configs[i];
+            let f32_twin = manifest.f32_twin(c);
             for (j, o) in configs.iter().enumerate() {
                 let longer_read = o.graph == c.graph
                     && c.passage_tokens
                         .is_some_and(|cap| o.passage_tokens.is_none_or(|k| k > cap));
-                let twin = manifest.f32_twin(c).is_some_and(|t| std::ptr::eq(t, o));
+                let twin = f32_twin.is_some_and(|t| std::ptr::eq(t, o));
                 if !stays[j] && (longer_read || twin) {
                     stays[j] = true;
                     added = true;

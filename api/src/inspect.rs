@@ -66,7 +66,8 @@ pub fn run(args: InspectArgs) -> Result<()> {
             .join("/"),
         space.compress_layers
     );
-    // A bare checkpoint is a cross-encoder: one joint sequence per pair.
+    // A bare checkpoint is priced as a cross-encoder would run it (one joint sequence
+    // per pair); exports of isolated-segment adapters price widths and caps lower.
     let segments = models::Segments::Joint;
     let full = pair_flops(
         &dims,

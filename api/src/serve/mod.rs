@@ -33,6 +33,11 @@ use error::ApiError;
 use metrics::Metrics;
 use otlp::{now_ns, SpanData, Tracer};
 
+/// Padded tokens per inference batch by default (`--batch-tokens`): what serves best on
+/// CPU, and the batch `mrank export --dev` measures quality at, since int8 scores depend
+/// on their batch.
+pub const DEFAULT_BATCH_TOKENS: usize = 2048;
+
 #[derive(clap::Args, Clone)]
 pub struct ServeArgs {
     /// Export directory (manifest.json from `mrank export`). Default: the embedded
@@ -52,7 +57,7 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 16 * 1024 * 1024)]
     pub max_body_bytes: usize,
     /// Padded tokens per inference batch.
-    #[arg(long, default_value_t = 2048)]
+    #[arg(long, default_value_t = DEFAULT_BATCH_TOKENS)]
     pub batch_tokens: usize,
     /// Bound on queued tokens; beyond it requests get 429.
     #[arg(long, default_value_t = 2_000_000)]
@@ -190,9 +195,18 @@ pub fn run(args: ServeArgs) -> Result<()> {
     // Ranked by the manifest (a cap never above a longer read of its graph); the
     // scheduler orders ties by how much of the passage a rung reads.
     let manifest = &runtime.manifest;
-    let ladder: Vec<ConfigInfo> = runtime
-        .configs
-        .iter()
+    // In the manifest's rank order, best first: the scheduler keeps the input order
+    // among rungs it ranks equal, and only the manifest knows that an f32 rung goes
+    // before its int8 twin at equal quality.
+    let mut loaded: Vec<&models::runtime::LoadedConfig> = runtime.configs.iter().collect();
+    loaded.sort_by(|a, b| {
+        let (ka, kb) = (manifest.rank_key(&a.entry), manifest.rank_key(&b.entry));
+        kb.0.total_cmp(&ka.0)
+            .then(kb.1.cmp(&ka.1))
+            .then(kb.2.cmp(&ka.2))
+    });
+    let ladder: Vec<ConfigInfo> = loaded
+        .into_iter()
         .map(|c| {
             let e = &c.entry;
             let latency = calibrate(&runtime, &e.id, args.batch_tokens).unwrap_or_else(|err| {
