@@ -164,14 +164,8 @@ pub fn keep_frontier(dir: &Path, mut manifest: Manifest) -> Result<Manifest> {
             if !stays[i] {
                 continue;
             }
-            let c = &configs[i];
-            let f32_twin = manifest.f32_twin(c);
-            for (j, o) in configs.iter().enumerate() {
-                let longer_read = o.graph == c.graph
-                    && c.passage_tokens
-                        .is_some_and(|cap| o.passage_tokens.is_none_or(|k| k > cap));
-                let twin = f32_twin.is_some_and(|t| std::ptr::eq(t, o));
-                if !stays[j] && (longer_read || twin) {
+            for j in manifest.rank_bounds(&configs[i]) {
+                if !stays[j] {
                     stays[j] = true;
                     added = true;
                 }

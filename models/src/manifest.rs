@@ -189,26 +189,30 @@ impl Manifest {
             (true, Some(q)) => q,
             _ => c.flops_ratio,
         };
-        // Bounded by the longer reads' own ranking (an int8 cap by the int8 graph's
-        // uncapped entry, which its f32 twin bounds in turn). Ends: a longer read has a
-        // larger cap or none, and the twin step goes from int8 to f32 only.
-        let own = match c.passage_tokens {
-            None => quality(c),
-            Some(cap) => self
-                .configs
-                .iter()
-                .filter(|o| o.graph == c.graph && o.passage_tokens.is_none_or(|k| k > cap))
-                .map(|o| self.ranking_quality(o))
-                .fold(quality(c), f64::min),
-        };
-        match self.f32_twin(c) {
-            Some(twin) => own.min(self.ranking_quality(twin)),
-            None => own,
-        }
+        // Bounded by its bounds' own ranking (an int8 cap by the int8 graph's uncapped
+        // entry, which its f32 twin bounds in turn). Ends: a longer read has a larger cap
+        // or none, and the twin step goes from int8 to f32 only.
+        self.rank_bounds(c)
+            .map(|o| self.ranking_quality(&self.configs[o]))
+            .fold(quality(c), f64::min)
+    }
+
+    /// Indices of the entries that bound `c`'s rank directly: the same graph reading
+    /// more of each passage (when `c` is capped), and the f32 configuration of an int8
+    /// one. An export keeps them beside `c` (`keep_frontier`).
+    pub fn rank_bounds<'a>(&'a self, c: &'a ConfigEntry) -> impl Iterator<Item = usize> + 'a {
+        let twin = self.f32_twin(c);
+        self.configs.iter().enumerate().filter_map(move |(i, o)| {
+            let longer_read = o.graph == c.graph
+                && c.passage_tokens
+                    .is_some_and(|cap| o.passage_tokens.is_none_or(|k| k > cap));
+            let is_twin = twin.is_some_and(|t| std::ptr::eq(t, o));
+            (longer_read || is_twin).then_some(i)
+        })
     }
 
     /// The f32 configuration an int8 one quantizes: the same sub-structure and cap.
-    pub fn f32_twin(&self, c: &ConfigEntry) -> Option<&ConfigEntry> {
+    fn f32_twin(&self, c: &ConfigEntry) -> Option<&ConfigEntry> {
         if c.precision != crate::Precision::Int8 {
             return None;
         }
@@ -248,9 +252,7 @@ impl Manifest {
             }
         };
         let keys: Vec<(f64, usize, bool)> = self.configs.iter().map(|c| self.rank_key(c)).collect();
-        let better = |a: (f64, usize, bool), b: (f64, usize, bool)| {
-            a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2))
-        };
+        let better = rank_order;
         let included: Vec<bool> = self.configs.iter().map(&include).collect();
         (0..self.configs.len())
             .map(|i| {
@@ -277,6 +279,11 @@ impl Manifest {
             c.frontier = a || u;
         }
     }
+}
+
+/// How two rank keys (`Manifest::rank_key`) compare: `Greater` when `a` ranks above `b`.
+pub fn rank_order(a: (f64, usize, bool), b: (f64, usize, bool)) -> std::cmp::Ordering {
+    a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2))
 }
 
 #[cfg(test)]

@@ -198,16 +198,15 @@ pub fn run(args: ServeArgs) -> Result<()> {
     // In the manifest's rank order, best first: the scheduler keeps the input order
     // among rungs it ranks equal, and only the manifest knows that an f32 rung goes
     // before its int8 twin at equal quality.
-    let mut loaded: Vec<&models::runtime::LoadedConfig> = runtime.configs.iter().collect();
-    loaded.sort_by(|a, b| {
-        let (ka, kb) = (manifest.rank_key(&a.entry), manifest.rank_key(&b.entry));
-        kb.0.total_cmp(&ka.0)
-            .then(kb.1.cmp(&ka.1))
-            .then(kb.2.cmp(&ka.2))
-    });
+    let mut loaded: Vec<_> = runtime
+        .configs
+        .iter()
+        .map(|c| (manifest.rank_key(&c.entry), c))
+        .collect();
+    loaded.sort_by(|(a, _), (b, _)| models::manifest::rank_order(*b, *a));
     let ladder: Vec<ConfigInfo> = loaded
         .into_iter()
-        .map(|c| {
+        .map(|(_, c)| {
             let e = &c.entry;
             let latency = calibrate(&runtime, &e.id, args.batch_tokens).unwrap_or_else(|err| {
                 log::error(&format!(
